@@ -1,0 +1,31 @@
+// Command keyauthz is an Envoy ext_authz API-key authorizer; see README.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/extauthz/app"
+)
+
+func main() {
+	lvl := zap.NewAtomicLevelAt(zap.InfoLevel)
+	zc := zap.NewProductionConfig()
+	zc.Level = lvl
+	zc.Sampling = nil
+	log, err := zc.Build()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keyauthz: logger:", err)
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := app.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, log, lvl)
+	stop()
+	_ = log.Sync()
+	os.Exit(code)
+}

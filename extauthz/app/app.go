@@ -1,0 +1,340 @@
+// Package app is the one place that wires configuration into keyauthz's
+// components, runs them, and stops them in order.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/keyauthz/keyauthz/config"
+	"github.com/keyauthz/keyauthz/extauthz"
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/keycache"
+	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
+)
+
+// AuthService is the gRPC service name health reports on besides "".
+const AuthService = "envoy.service.auth.v3.Authorization"
+
+// Options carry what a caller may inject instead of what the config names.
+type Options struct {
+	Embedded bool                 // no config file: create the pepper beside the SQLite file
+	Store    apikey.Store         // use this store instead of opening cfg.Store.URL
+	Registry *prometheus.Registry // metrics registry; a fresh one when nil
+}
+
+// App is a running keyauthz: gRPC Check + health, HTTP health, metrics and admin.
+type App struct {
+	cfg      config.Config
+	log      *zap.Logger
+	store    apikey.Store
+	hasher   *apikey.Hasher
+	format   *apikey.Format
+	cache    *keycache.Cache
+	follower *keycache.Follower
+	limiter  interface{ Close() error }
+	check    *extauthz.Service
+	health   *health.Server
+	grpc     *grpc.Server
+	http     *http.Server
+	glis     net.Listener
+	hlis     net.Listener
+	reg      *prometheus.Registry
+	state    atomic.Int32 // stateStarting, stateReady, stateDegraded, stateStopping
+	bg       *background
+}
+
+const (
+	stateStarting int32 = iota
+	stateReady
+	stateDegraded
+	stateStopping
+)
+
+// New builds every component from cfg and binds the listeners; Run serves.
+func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (_ *App, err error) {
+	a := &App{cfg: cfg, log: log, reg: opt.Registry}
+	defer func() {
+		if err != nil {
+			a.closeAll()
+		}
+	}()
+	if a.reg == nil {
+		a.reg = prometheus.NewRegistry()
+		a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if a.format, err = apikey.NewFormat(cfg.Keys.Prefix, cfg.Keys.MaxLength, cfg.Keys.Imported); err != nil {
+		return nil, &config.FieldError{Path: "keys.prefix", Msg: err.Error()}
+	}
+	if a.hasher, err = peppers(&cfg, opt.Embedded, log); err != nil {
+		return nil, err
+	}
+	a.store = opt.Store
+	if a.store == nil {
+		if a.store, err = openStore(ctx, cfg.Store.URL, log.Named("store")); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", redactURL(cfg.Store.URL), err)
+		}
+	}
+	a.cache, err = keycache.New(a.store, keycache.Options{
+		Size: cfg.Cache.Size, TTL: cfg.Cache.TTL, NegativeSize: cfg.Cache.NegativeSize,
+		NegativeTTL: cfg.Cache.NegativeTTL, MaxStaleness: cfg.Store.MaxStaleness,
+	}, log.Named("cache"))
+	if err != nil {
+		return nil, err
+	}
+	if a.follower, err = keycache.NewFollower(a.store, a.cache, cfg.Store.FollowInterval, log.Named("follow")); err != nil {
+		return nil, err
+	}
+	lim, err := newLimiter(&cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	a.limiter = lim
+	metrics, err := extauthz.NewMetrics(a.reg)
+	if err != nil {
+		return nil, err
+	}
+	a.bg = newBackground(a.store, a.cache, a.hasher, log.Named("bg"))
+	wsRate := map[string]apikey.Rate{}
+	for name, w := range cfg.Workspaces {
+		wsRate[name] = w.RateLimit
+	}
+	a.check, err = extauthz.New(a.format, a.hasher, a.cache, lim, metrics, extauthz.Options{
+		Headers: cfg.Headers.APIKey, Bearer: cfg.Headers.Bearer,
+		KeyIDHeader: cfg.Headers.KeyID, WorkspaceHdr: cfg.Headers.Workspace,
+		Templates: cfg.Ownership.PathTemplates, DefaultRate: cfg.RateLimit.Default, WorkspaceRate: wsRate,
+		Body: cfg.Response.Body, Realm: cfg.Response.Realm, RateHeaders: cfg.Response.RateHeader,
+		ResetUnix: cfg.Response.Reset == "unix", OnLimiterErr: cfg.RateLimit.OnError,
+		RevokedUse: a.bg.revokedUse, Rehash: a.bg.rehash,
+	}, log)
+	if err != nil {
+		return nil, err
+	}
+	if a.grpc, err = newGRPC(&cfg.GRPC); err != nil {
+		return nil, err
+	}
+	a.health = health.NewServer()
+	a.setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+	authv3.RegisterAuthorizationServer(a.grpc, a.check)
+	healthpb.RegisterHealthServer(a.grpc, a.health)
+	if a.glis, err = listen(cfg.GRPC.Listen); err != nil {
+		return nil, &config.FieldError{Path: "grpc.listen", Msg: err.Error()}
+	}
+	if a.hlis, err = listen(cfg.HTTP.Listen); err != nil {
+		return nil, &config.FieldError{Path: "http.listen", Msg: err.Error()}
+	}
+	a.http = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	return a, nil
+}
+
+// GRPCAddr is the bound gRPC address (useful with port 0).
+func (a *App) GRPCAddr() net.Addr { return a.glis.Addr() }
+
+// HTTPAddr is the bound HTTP address.
+func (a *App) HTTPAddr() net.Addr { return a.hlis.Addr() }
+
+// Run serves until ctx is done, then drains: health NOT_SERVING, GracefulStop with
+// the drain deadline, HTTP shutdown, background flushes, then caches and stores close.
+func (a *App) Run(ctx context.Context) error {
+	log := a.log.Named("app")
+	errc := make(chan error, 2)
+	go func() { errc <- a.grpc.Serve(a.glis) }()
+	go func() {
+		if err := a.http.Serve(a.hlis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	bgctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	run := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(bgctx) }()
+	}
+	run(a.watchStore)
+	run(func(ctx context.Context) { _ = a.follower.Run(ctx) })
+	run(a.bg.run)
+	log.Info("serving", zap.String("grpc", a.glis.Addr().String()), zap.String("http", a.hlis.Addr().String()),
+		zap.String("store", redactURL(a.cfg.Store.URL)), zap.String("ratelimit", a.cfg.RateLimit.Backend))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		log.Error("listener failed", zap.Error(err))
+	}
+	log.Info("draining", zap.Duration("deadline", a.cfg.GRPC.DrainTimeout))
+	a.state.Store(stateStopping)
+	a.health.Shutdown() // NOT_SERVING for every service, and stays so
+	done := make(chan struct{})
+	go func() { a.grpc.GracefulStop(); close(done) }()
+	t := time.NewTimer(a.cfg.GRPC.DrainTimeout)
+	select {
+	case <-done:
+		t.Stop()
+	case <-t.C:
+		log.Warn("drain deadline passed, closing remaining streams")
+		a.grpc.Stop()
+		<-done
+	}
+	hctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = a.http.Shutdown(hctx)
+	cancel()
+	stop()
+	wg.Wait()
+	a.bg.flush()
+	a.closeAll()
+	log.Info("stopped")
+	return err
+}
+
+func (a *App) closeAll() {
+	if a.cache != nil {
+		_ = a.cache.Close()
+	}
+	if a.limiter != nil {
+		_ = a.limiter.Close()
+	}
+	if a.store != nil {
+		if err := a.store.Close(); err != nil {
+			a.log.Warn("close store", zap.Error(err))
+		}
+	}
+	if a.glis != nil {
+		_ = a.glis.Close()
+	}
+	if a.hlis != nil {
+		_ = a.hlis.Close()
+	}
+}
+
+func (a *App) setHealth(s healthpb.HealthCheckResponse_ServingStatus) {
+	a.health.SetServingStatus("", s)
+	a.health.SetServingStatus(AuthService, s)
+}
+
+// watchStore turns SERVING once the store answers, then keeps probing it:
+// a store outage while the cache serves is "degraded", not down.
+func (a *App) watchStore(ctx context.Context) {
+	log := a.log.Named("health")
+	tick := 100 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := a.store.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		prev := a.state.Load()
+		switch {
+		case err == nil && prev != stateReady:
+			if a.state.CompareAndSwap(prev, stateReady) {
+				a.setHealth(healthpb.HealthCheckResponse_SERVING)
+				log.Info("store ready")
+			}
+			tick = 2 * time.Second
+		case err != nil && prev == stateReady:
+			if a.state.CompareAndSwap(prev, stateDegraded) {
+				log.Warn("store unreachable, serving cached keys", zap.Error(err))
+			}
+			tick = 500 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(tick):
+		}
+	}
+}
+
+func (a *App) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		switch a.state.Load() {
+		case stateReady:
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		case stateDegraded:
+			writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "reason": "store unreachable; serving cached keys"})
+		case stateStopping:
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stopping"})
+		default:
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting", "reason": "store not reachable yet"})
+		}
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func newGRPC(c *config.GRPC) (*grpc.Server, error) {
+	opts := []grpc.ServerOption{
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.KeepaliveTime, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	if c.MaxStreams > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(c.MaxStreams))
+	}
+	if c.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
+		if err != nil {
+			return nil, &config.FieldError{Path: "grpc.tls", Msg: err.Error()}
+		}
+		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if c.TLS.ClientCA != "" {
+			pem, err := os.ReadFile(c.TLS.ClientCA)
+			if err != nil {
+				return nil, &config.FieldError{Path: "grpc.tls.client_ca_file", Msg: err.Error()}
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, &config.FieldError{Path: "grpc.tls.client_ca_file", Msg: "no PEM certificates found"}
+			}
+			tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	return grpc.NewServer(opts...), nil
+}
+
+// listen binds host:port or unix:///path (a stale socket file is replaced).
+func listen(addr string) (net.Listener, error) {
+	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
+		if fi, err := os.Stat(p); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(p)
+		}
+		return net.Listen("unix", p)
+	}
+	return net.Listen("tcp", addr)
+}
+
+func newLimiter(cfg *config.Config, log *zap.Logger) (interface {
+	extauthz.Limiter
+	Close() error
+}, error) {
+	if cfg.RateLimit.Backend == "redis" {
+		return newRedisLimiter(cfg, log)
+	}
+	return ratelimit.NewLocal(1_000_000)
+}

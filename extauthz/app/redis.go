@@ -1,0 +1,48 @@
+package app
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/config"
+	"github.com/keyauthz/keyauthz/extauthz"
+	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
+)
+
+type redisLimiter struct {
+	*ratelimit.Redis
+	client redis.UniversalClient
+}
+
+func (r *redisLimiter) Close() error { return r.client.Close() }
+
+var _ extauthz.Limiter = (*redisLimiter)(nil)
+
+func newRedisLimiter(cfg *config.Config, log *zap.Logger) (*redisLimiter, error) {
+	rc := cfg.RateLimit.Redis
+	pw := ""
+	switch {
+	case rc.PasswordFile != "":
+		b, err := os.ReadFile(rc.PasswordFile)
+		if err != nil {
+			return nil, &config.FieldError{Path: "ratelimit.redis.password_file", Msg: err.Error()}
+		}
+		pw = strings.TrimRight(string(b), "\r\n")
+	case rc.PasswordEnv != "":
+		pw = os.Getenv(rc.PasswordEnv)
+	}
+	client, err := ratelimit.NewRedisClient(rc.Addrs, rc.Cluster, pw)
+	if err != nil {
+		return nil, &config.FieldError{Path: "ratelimit.redis", Msg: err.Error()}
+	}
+	lim, err := ratelimit.NewRedis(client, log.Named("redis"), ratelimit.RedisOptions{Timeout: cfg.RateLimit.Timeout, OnError: cfg.RateLimit.OnError})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("ratelimit.redis: %w", err)
+	}
+	return &redisLimiter{Redis: lim, client: client}, nil
+}

@@ -1,0 +1,46 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/store/file"
+	"github.com/keyauthz/keyauthz/extauthz/store/sqlite"
+)
+
+// openStore opens the store a URL names: sqlite://, file:// or postgres://.
+func openStore(ctx context.Context, url string, log *zap.Logger) (apikey.Store, error) {
+	switch {
+	case strings.HasPrefix(url, "sqlite://"):
+		p, err := sqlitePath(url)
+		if err != nil {
+			return nil, err
+		}
+		return sqlite.Open(ctx, p, log)
+	case strings.HasPrefix(url, "file://"):
+		p := strings.TrimPrefix(url, "file://")
+		if p == "" {
+			return nil, fmt.Errorf("store url %q: want file:///path/keys.yaml", url)
+		}
+		return file.Open(ctx, p, log)
+	}
+	return nil, fmt.Errorf("store url: unsupported scheme in %q", redactURL(url))
+}
+
+// redactURL drops credentials from a URL before it is logged or returned.
+func redactURL(u string) string {
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return u
+	}
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		if slash := strings.IndexByte(rest, '/'); slash < 0 || at < slash {
+			rest = "xxxxx@" + rest[at+1:]
+		}
+	}
+	return scheme + "://" + rest
+}

@@ -1,0 +1,227 @@
+// Package extauthz is keyauthz's Envoy ext_authz v3 Authorization service: it reads
+// the API key from the request headers, validates it against the cached key store,
+// applies the key's rate limit and answers allow or deny.
+package extauthz
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
+)
+
+// Keys finds a key by digest (the cache in front of the store).
+type Keys interface {
+	Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error)
+}
+
+// Limiter decides one request against a key's rate.
+type Limiter interface {
+	Allow(ctx context.Context, key string, r apikey.Rate) (ratelimit.Decision, error)
+}
+
+// Options configure the Check service; zero values take keyauthz's defaults.
+type Options struct {
+	Headers       []string               // API-key header names, lower-case, tried in order
+	Bearer        bool                   // also read Authorization: Bearer
+	KeyIDHeader   string                 // upstream identity header for the key id
+	WorkspaceHdr  string                 // upstream identity header for the workspace
+	Templates     []string               // ownership path templates with one {resource}
+	DefaultRate   apikey.Rate            // rate when neither key nor workspace sets one
+	WorkspaceRate map[string]apikey.Rate // per-workspace rate overrides
+	Body          string                 // "json" or "problem"
+	Realm         string                 // WWW-Authenticate realm
+	RateHeaders   string                 // "legacy", "ietf" or "both"
+	ResetUnix     bool                   // X-RateLimit-Reset as a Unix time instead of seconds
+	OnLimiterErr  string                 // "allow" or "deny" when the limiter fails
+	Now           func() time.Time       // clock; time.Now when nil
+	// Used is called for every allowed request (usage tracking); it must not block.
+	Used func(keyID string, at time.Time)
+	// RevokedUse is called when a revoked key is presented; it must not block.
+	RevokedUse func(k *apikey.Key)
+	// Rehash is called when a key matched under an older pepper version; it must not block.
+	Rehash func(old apikey.Digest, key string)
+}
+
+// Service implements envoy.service.auth.v3.Authorization.
+type Service struct {
+	authv3.UnimplementedAuthorizationServer
+
+	format  *apikey.Format
+	hasher  *apikey.Hasher
+	keys    Keys
+	limiter Limiter
+	opt     Options
+	tmpl    []template
+	remove  []string
+	resp    responses
+	metrics *Metrics
+	log     *zap.Logger
+	now     func() time.Time
+}
+
+var _ authv3.AuthorizationServer = (*Service)(nil)
+
+// New returns a Check service over its required parts.
+func New(f *apikey.Format, h *apikey.Hasher, keys Keys, lim Limiter, m *Metrics, opt Options, log *zap.Logger) (*Service, error) {
+	switch {
+	case f == nil || h == nil || keys == nil || lim == nil || m == nil || log == nil:
+		return nil, errors.New("extauthz: format, hasher, keys, limiter, metrics and logger are required")
+	case len(opt.Headers) == 0 && !opt.Bearer:
+		return nil, errors.New("extauthz: no API-key header configured")
+	case opt.DefaultRate.N <= 0 || opt.DefaultRate.Per <= 0:
+		return nil, errors.New("extauthz: default rate must be positive")
+	}
+	if opt.KeyIDHeader == "" {
+		opt.KeyIDHeader = "x-keyauthz-key-id"
+	}
+	if opt.WorkspaceHdr == "" {
+		opt.WorkspaceHdr = "x-keyauthz-workspace"
+	}
+	if opt.Realm == "" {
+		opt.Realm = "keyauthz"
+	}
+	if opt.RateHeaders == "" {
+		opt.RateHeaders = "both"
+	}
+	s := &Service{
+		format: f, hasher: h, keys: keys, limiter: lim, opt: opt, metrics: m,
+		log: log.Named("check"), now: opt.Now, tmpl: parseTemplates(opt.Templates),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.remove = append(s.remove, opt.Headers...)
+	if opt.Bearer {
+		s.remove = append(s.remove, "authorization")
+	}
+	s.resp = newResponses(opt.Body == "problem", opt.Realm)
+	return s, nil
+}
+
+// Check answers one ext_authz request. Denies are responses with a nil error;
+// only the authorizer's own faults (store unreachable) are gRPC errors.
+func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	http := req.GetAttributes().GetRequest().GetHttp()
+	src := headerSource{m: http.GetHeaders()}
+	if src.m == nil {
+		src.raw = http.GetHeaderMap()
+	}
+	key, res := extract(src, s.opt.Headers, s.opt.Bearer)
+	switch res {
+	case keyConflict:
+		s.metrics.deny(reasonConflict)
+		return s.resp.conflict, nil
+	case keyMissing:
+		s.metrics.deny(reasonMissing)
+		return s.resp.unauthorized, nil
+	}
+	if err := s.format.Check(key); err != nil {
+		s.metrics.deny(formatReason(err))
+		return s.resp.unauthorized, nil
+	}
+	k, err := s.lookup(ctx, key)
+	if errors.Is(err, apikey.ErrNotFound) {
+		s.metrics.deny(reasonUnknown)
+		return s.resp.unauthorized, nil
+	}
+	if err != nil {
+		s.metrics.fault(reasonStore)
+		s.log.Warn("key store unavailable", zap.Error(err))
+		return nil, status.Error(codes.Unavailable, "key store unavailable")
+	}
+	now := s.now()
+	if err := k.Valid(now); err != nil {
+		if errors.Is(err, apikey.ErrRevoked) && s.opt.RevokedUse != nil {
+			s.opt.RevokedUse(&k)
+		}
+		s.metrics.deny(validReason(err))
+		return s.resp.unauthorized, nil
+	}
+	if r := resource(http.GetPath(), req.GetAttributes().GetContextExtensions(), s.tmpl); r != "" && !k.Owns(r) {
+		s.metrics.deny(reasonForbidden)
+		return s.resp.forbidden, nil
+	}
+	d, err := s.limiter.Allow(ctx, k.ID, s.rate(&k))
+	if err != nil {
+		if !errors.Is(err, ratelimit.ErrUnavailable) {
+			s.metrics.fault(reasonLimiter)
+			s.log.Warn("rate limiter failed", zap.String("key_id", k.ID), zap.Error(err))
+			return nil, status.Error(codes.Unavailable, "rate limiter unavailable")
+		}
+		s.metrics.limiterError()
+	}
+	if !d.Allowed {
+		s.metrics.deny(reasonLimited)
+		return s.resp.limited(d, now, s.opt.RateHeaders, s.opt.ResetUnix), nil
+	}
+	if s.opt.Used != nil {
+		s.opt.Used(k.ID, now)
+	}
+	s.metrics.allow()
+	return s.allow(&k, d, now), nil
+}
+
+// lookup hashes the key under the current pepper, then under older versions.
+func (s *Service) lookup(ctx context.Context, key string) (apikey.Key, error) {
+	k, err := s.keys.Lookup(ctx, s.hasher.Sum(key))
+	if !errors.Is(err, apikey.ErrNotFound) {
+		return k, err
+	}
+	for _, v := range s.hasher.Older() {
+		d, herr := s.hasher.SumVersion(key, v)
+		if herr != nil {
+			return apikey.Key{}, herr
+		}
+		k, err = s.keys.Lookup(ctx, d)
+		if err == nil && s.opt.Rehash != nil {
+			s.opt.Rehash(d, key)
+		}
+		if !errors.Is(err, apikey.ErrNotFound) {
+			return k, err
+		}
+	}
+	return k, err
+}
+
+func (s *Service) rate(k *apikey.Key) apikey.Rate {
+	if !k.RateLimit.IsZero() {
+		return k.RateLimit
+	}
+	if r, ok := s.opt.WorkspaceRate[k.Workspace]; ok && !r.IsZero() {
+		return r
+	}
+	return s.opt.DefaultRate
+}
+
+// allow builds the OK response: identity headers upstream, key headers removed,
+// rate-limit headers for the client and dynamic metadata for Envoy.
+func (s *Service) allow(k *apikey.Key, d ratelimit.Decision, now time.Time) *authv3.CheckResponse {
+	hv := make([]corev3.HeaderValue, 2)
+	hv[0].Key, hv[0].Value = s.opt.KeyIDHeader, k.ID
+	hv[1].Key, hv[1].Value = s.opt.WorkspaceHdr, k.Workspace
+	opts := make([]corev3.HeaderValueOption, 2)
+	up := make([]*corev3.HeaderValueOption, 2)
+	for i := range opts {
+		opts[i].Header = &hv[i]
+		opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		up[i] = &opts[i]
+	}
+	return &authv3.CheckResponse{
+		Status: okStatus,
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers:              up,
+			HeadersToRemove:      s.remove,
+			ResponseHeadersToAdd: rateHeaders(nil, d, now, s.opt.RateHeaders, s.opt.ResetUnix),
+		}},
+		DynamicMetadata: metadata(k),
+	}
+}

@@ -1,0 +1,438 @@
+// Package keycache is the key cache of the Check path: a Lookuper decorator
+// that keeps positive entries (keys found) and negative entries (unknown
+// digests) in bounded LRUs with TTLs, collapses concurrent misses for one
+// digest into one store read, serves stale entries for a bounded time while
+// the store is failing, and drops entries when the store's change feed says
+// a key changed (Follower).
+package keycache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+)
+
+// ErrClosed is returned by Lookup on a miss after Close.
+var ErrClosed = errors.New("keycache: closed")
+
+var _ apikey.Lookuper = (*Cache)(nil)
+
+// Options sizes the cache.
+type Options struct {
+	Size         int           // positive entries
+	TTL          time.Duration // positive entry freshness; after it the entry is re-read from the store
+	NegativeSize int           // negative entries (0 with NegativeTTL 0 disables negative caching)
+	NegativeTTL  time.Duration // unknown digests are remembered this long (0 = not remembered)
+	MaxStaleness time.Duration // store outage: a positive entry older than TTL is still served up to TTL+MaxStaleness when the store errors (0 = never serve stale)
+}
+
+// Stats are the cache's counters since New; Hits+NegativeHits+Misses is the number of Lookups.
+type Stats struct {
+	Hits         uint64 // answered from a fresh positive entry
+	NegativeHits uint64 // answered ErrNotFound from a fresh negative entry
+	Misses       uint64 // not answered from a fresh entry: waited for a store read, or served stale
+	StoreReads   uint64 // store Lookup calls made
+	StoreErrors  uint64 // store Lookup calls that failed with an error other than ErrNotFound
+	StaleServes  uint64 // answers from a positive entry older than TTL because the store was failing
+}
+
+const (
+	// minShardSize is the fewest positive entries a shard holds; small caches get one shard (exact LRU).
+	minShardSize = 1024
+	// maxShards bounds the number of shards (a power of two).
+	maxShards = 32
+	// maxStaleRetry bounds how long a stale entry is served without asking the failing store again.
+	maxStaleRetry = time.Second
+	// sweepPerInsert is how many expired LRU-tail entries an insert drops.
+	sweepPerInsert = 2
+	// minTick and maxTick bound the cache clock's resolution (a hundredth of the shortest TTL).
+	minTick, maxTick = time.Millisecond, 100 * time.Millisecond
+)
+
+// entry is one positive cache entry; key is never written after insertion,
+// retry only under the shard lock.
+type entry struct {
+	key   apikey.Key
+	at    time.Duration // fetch time on the cache clock
+	retry time.Duration // while stale: do not ask the store again before this time
+}
+
+// call is one store read in flight; waiters read its result after done is closed.
+type call struct {
+	done    chan struct{}
+	key     apikey.Key
+	err     error
+	stale   bool // key is a stale entry served because the store failed
+	evicted bool // Evict or Purge ran while in flight: do not insert the result (shard lock)
+}
+
+// shard is one independently locked part of the cache, chosen by the digest's first byte.
+type shard struct {
+	mu    sync.Mutex
+	pos   *simplelru.LRU[[32]byte, *entry]
+	neg   *simplelru.LRU[[32]byte, time.Duration] // value: expiry on the cache clock; nil when disabled
+	calls map[[32]byte]*call
+
+	hits, negHits, misses, stale atomic.Uint64
+
+	_ [64]byte // keep shards on separate cache lines
+}
+
+// Cache is a Lookuper over a store with positive and negative LRU+TTL entries,
+// one store read per digest at a time, stale serving during store outages, and eviction.
+type Cache struct {
+	store    apikey.Lookuper
+	log      *zap.Logger
+	shards   []shard
+	mask     int
+	ttl      time.Duration
+	negTTL   time.Duration
+	maxStale time.Duration
+	retry    time.Duration
+
+	base time.Time
+	now  atomic.Int64 // coarse clock: monotonic nanoseconds since base, advanced by tick (by tests when not ticking)
+
+	reads, storeErrs atomic.Uint64
+
+	closeMu sync.RWMutex
+	closed  bool
+	wg      sync.WaitGroup
+	done    context.Context // canceled by Close: stops store reads in flight
+	stop    context.CancelFunc
+}
+
+// New returns a cache in front of store. Its clock ticks at a hundredth of the
+// shortest TTL (between 1ms and 100ms), so a TTL may last up to one tick longer.
+// Close stops the clock and must be called.
+func New(store apikey.Lookuper, opt Options, log *zap.Logger) (*Cache, error) {
+	return newCache(store, opt, log, true)
+}
+
+// newCache is New; tests pass tick false and advance c.now themselves.
+func newCache(store apikey.Lookuper, opt Options, log *zap.Logger, tick bool) (*Cache, error) {
+	switch {
+	case store == nil:
+		return nil, errors.New("keycache: nil store")
+	case log == nil:
+		return nil, errors.New("keycache: nil logger")
+	case opt.Size <= 0:
+		return nil, fmt.Errorf("keycache: size %d: must be positive", opt.Size)
+	case opt.TTL <= 0:
+		return nil, fmt.Errorf("keycache: ttl %v: must be positive", opt.TTL)
+	case opt.NegativeSize < 0:
+		return nil, fmt.Errorf("keycache: negative size %d: must not be negative", opt.NegativeSize)
+	case opt.NegativeTTL < 0:
+		return nil, fmt.Errorf("keycache: negative ttl %v: must not be negative", opt.NegativeTTL)
+	case opt.MaxStaleness < 0:
+		return nil, fmt.Errorf("keycache: max staleness %v: must not be negative", opt.MaxStaleness)
+	case (opt.NegativeSize == 0) != (opt.NegativeTTL == 0):
+		return nil, errors.New("keycache: negative size and negative ttl must both be set or both be 0")
+	}
+	n := 1
+	for n < maxShards && opt.Size/(2*n) >= minShardSize {
+		n *= 2
+	}
+	c := &Cache{
+		store:    store,
+		log:      log.Named("keycache"),
+		shards:   make([]shard, n),
+		mask:     n - 1,
+		ttl:      opt.TTL,
+		negTTL:   opt.NegativeTTL,
+		maxStale: opt.MaxStaleness,
+		retry:    min(opt.TTL, maxStaleRetry),
+		base:     time.Now(),
+	}
+	c.done, c.stop = context.WithCancel(context.Background())
+	for i := range c.shards {
+		s := &c.shards[i]
+		var err error
+		if s.pos, err = simplelru.NewLRU[[32]byte, *entry](ceilDiv(opt.Size, n), nil); err != nil {
+			return nil, fmt.Errorf("keycache: %w", err)
+		}
+		if opt.NegativeSize > 0 {
+			if s.neg, err = simplelru.NewLRU[[32]byte, time.Duration](ceilDiv(opt.NegativeSize, n), nil); err != nil {
+				return nil, fmt.Errorf("keycache: %w", err)
+			}
+		}
+		s.calls = make(map[[32]byte]*call)
+	}
+	if tick {
+		res := opt.TTL
+		if opt.NegativeTTL > 0 {
+			res = min(res, opt.NegativeTTL)
+		}
+		c.wg.Add(1)
+		go c.tick(min(max(res/100, minTick), maxTick))
+	}
+	return c, nil
+}
+
+// tick advances the coarse clock every res until Close: reading a clock on
+// every hit would cost more than the rest of the hit.
+func (c *Cache) tick(res time.Duration) {
+	defer c.wg.Done()
+	t := time.NewTicker(res)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done.Done():
+			return
+		case <-t.C:
+			c.now.Store(int64(time.Since(c.base)))
+		}
+	}
+}
+
+// clock returns the coarse time since base.
+func (c *Cache) clock() time.Duration { return time.Duration(c.now.Load()) }
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+func (c *Cache) shard(sum *[32]byte) *shard { return &c.shards[int(sum[0])&c.mask] }
+
+// Lookup returns the key for d from the cache or, on a miss, from the store.
+// Unknown digests return apikey.ErrNotFound; other store errors are returned
+// wrapped and not cached. The returned Key shares Grants and Metadata with the
+// cache: treat them as read-only.
+func (c *Cache) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
+	s := c.shard(&d.Sum)
+	now := c.clock()
+	s.mu.Lock()
+	if e, ok := s.pos.Get(d.Sum); ok {
+		if now-e.at <= c.ttl {
+			s.mu.Unlock()
+			s.hits.Add(1)
+			return e.key, nil
+		}
+		return c.refresh(ctx, s, d, e, now)
+	}
+	if s.neg != nil {
+		if exp, ok := s.neg.Get(d.Sum); ok {
+			if now < exp {
+				s.mu.Unlock()
+				s.negHits.Add(1)
+				return apikey.Key{}, apikey.ErrNotFound
+			}
+			s.neg.Remove(d.Sum)
+		}
+	}
+	return c.wait(ctx, s, d)
+}
+
+// refresh handles a positive entry older than TTL; called with s.mu held, returns with it released.
+func (c *Cache) refresh(ctx context.Context, s *shard, d apikey.Digest, e *entry, now time.Duration) (apikey.Key, error) {
+	switch age := now - e.at; {
+	case age > c.ttl+c.maxStale:
+		s.pos.Remove(d.Sum)
+	case c.maxStale > 0 && now < e.retry:
+		// The store failed moments ago for this entry: serve it without asking again.
+		s.mu.Unlock()
+		s.misses.Add(1)
+		s.stale.Add(1)
+		return e.key, nil
+	}
+	return c.wait(ctx, s, d)
+}
+
+// wait joins or starts the store read for d; called with s.mu held, returns with it released.
+func (c *Cache) wait(ctx context.Context, s *shard, d apikey.Digest) (apikey.Key, error) {
+	cl := s.calls[d.Sum]
+	if cl == nil {
+		c.closeMu.RLock()
+		if c.closed {
+			c.closeMu.RUnlock()
+			s.mu.Unlock()
+			return apikey.Key{}, ErrClosed
+		}
+		c.wg.Add(1)
+		c.closeMu.RUnlock()
+		cl = &call{done: make(chan struct{})}
+		s.calls[d.Sum] = cl
+		go c.fetch(ctx, s, d, cl)
+	}
+	s.mu.Unlock()
+	s.misses.Add(1)
+	select {
+	case <-cl.done:
+	case <-ctx.Done():
+		return apikey.Key{}, fmt.Errorf("keycache: lookup: %w", ctx.Err())
+	}
+	if cl.stale {
+		s.stale.Add(1)
+	}
+	return cl.key, cl.err
+}
+
+// fetch reads d from the store for every waiter of cl and records the result.
+// The read keeps the starting caller's deadline and values but not its
+// cancellation (other callers wait for it too); Close cancels it.
+func (c *Cache) fetch(ctx context.Context, s *shard, d apikey.Digest, cl *call) {
+	defer c.wg.Done()
+	rctx := context.WithoutCancel(ctx)
+	var cancel context.CancelFunc
+	if dl, ok := ctx.Deadline(); ok {
+		rctx, cancel = context.WithDeadline(rctx, dl)
+	} else {
+		rctx, cancel = context.WithCancel(rctx)
+	}
+	defer cancel()
+	defer context.AfterFunc(c.done, cancel)()
+
+	key, err := c.store.Lookup(rctx, d)
+	c.reads.Add(1)
+
+	now := c.clock()
+	s.mu.Lock()
+	if s.calls[d.Sum] == cl {
+		delete(s.calls, d.Sum)
+	}
+	switch {
+	case err == nil:
+		cl.key = key
+		if !cl.evicted {
+			s.sweep(now, c)
+			s.pos.Add(d.Sum, &entry{key: key, at: now})
+			if s.neg != nil {
+				s.neg.Remove(d.Sum)
+			}
+		}
+	case errors.Is(err, apikey.ErrNotFound):
+		cl.err = apikey.ErrNotFound
+		if !cl.evicted {
+			s.pos.Remove(d.Sum)
+			if s.neg != nil {
+				s.sweep(now, c)
+				s.neg.Add(d.Sum, now+c.negTTL)
+			}
+		}
+	default:
+		c.storeErrs.Add(1)
+		e, ok := s.pos.Peek(d.Sum)
+		if ok && !cl.evicted && c.maxStale > 0 && now-e.at <= c.ttl+c.maxStale {
+			e.retry = now + c.retry
+			cl.key, cl.stale = e.key, true
+		} else {
+			cl.err = fmt.Errorf("keycache: store lookup: %w", err)
+		}
+	}
+	s.mu.Unlock()
+	close(cl.done)
+	if cl.stale {
+		c.log.Debug("serving stale key after store error", zap.String("key_id", cl.key.ID), zap.Error(err))
+	}
+}
+
+// sweep drops a few expired entries from the LRU tails; called with s.mu held.
+func (s *shard) sweep(now time.Duration, c *Cache) {
+	for range sweepPerInsert {
+		if _, e, ok := s.pos.GetOldest(); !ok || now-e.at <= c.ttl+c.maxStale {
+			break
+		}
+		s.pos.RemoveOldest()
+	}
+	if s.neg == nil {
+		return
+	}
+	for range sweepPerInsert {
+		if _, exp, ok := s.neg.GetOldest(); !ok || now < exp {
+			break
+		}
+		s.neg.RemoveOldest()
+	}
+}
+
+// Evict drops the positive and negative entries for these digest sums; a store
+// read in flight for one of them will not be cached, and later lookups start a new read.
+func (c *Cache) Evict(sums ...[32]byte) {
+	for i := range sums {
+		sum := &sums[i]
+		s := c.shard(sum)
+		s.mu.Lock()
+		s.pos.Remove(*sum)
+		if s.neg != nil {
+			s.neg.Remove(*sum)
+		}
+		if cl := s.calls[*sum]; cl != nil {
+			cl.evicted = true
+			delete(s.calls, *sum)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Purge drops every entry; store reads in flight will not be cached.
+func (c *Cache) Purge() {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		s.pos.Purge()
+		if s.neg != nil {
+			s.neg.Purge()
+		}
+		for sum, cl := range s.calls {
+			cl.evicted = true
+			delete(s.calls, sum)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Stats returns the counters.
+func (c *Cache) Stats() Stats {
+	st := Stats{StoreReads: c.reads.Load(), StoreErrors: c.storeErrs.Load()}
+	for i := range c.shards {
+		s := &c.shards[i]
+		st.Hits += s.hits.Load()
+		st.NegativeHits += s.negHits.Load()
+		st.Misses += s.misses.Load()
+		st.StaleServes += s.stale.Load()
+	}
+	return st
+}
+
+// Len returns the number of positive entries held (including entries past TTL
+// kept for stale serving or not yet dropped).
+func (c *Cache) Len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		n += s.pos.Len()
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// NegativeLen returns the number of negative entries held (including expired ones not yet dropped).
+func (c *Cache) NegativeLen() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		if s.neg != nil {
+			n += s.neg.Len()
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// Close stops the clock, cancels store reads in flight and waits for them; later misses return ErrClosed.
+func (c *Cache) Close() error {
+	c.closeMu.Lock()
+	c.closed = true
+	c.closeMu.Unlock()
+	c.stop()
+	c.wg.Wait()
+	return nil
+}

@@ -1,0 +1,204 @@
+package keycache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+)
+
+// Feed is what the follower needs from a store.
+type Feed interface {
+	// Changes returns feed entries with Seq > after, oldest first, at most limit.
+	Changes(ctx context.Context, after int64, limit int) ([]apikey.Change, error)
+	// LastSeq returns the newest change Seq (0 when empty).
+	LastSeq(ctx context.Context) (int64, error)
+}
+
+var _ Feed = (apikey.Store)(nil)
+
+const (
+	// feedBatch is the most changes asked for in one Changes call.
+	feedBatch = 512
+	// maxBatches bounds the Changes calls of one Poll; the rest waits for the next.
+	maxBatches = 64
+	// gapGrace is how long a hole in the feed's sequence may stay open (a writer
+	// that took a Seq but has not committed yet) before it counts as changes missed.
+	gapGrace = time.Second
+)
+
+// Follower reads a store's change feed and evicts the cache entries of changed keys,
+// so that a rotation or deletion on any replica takes effect on this one.
+type Follower struct {
+	feed     Feed
+	cache    *Cache
+	interval time.Duration
+	log      *zap.Logger
+	grace    time.Duration
+	now      func() time.Time // replaced in tests
+
+	mu      sync.Mutex // serializes polls; guards the fields below
+	started bool       // seq was read from LastSeq
+	failing bool       // the last poll failed (for logging transitions)
+	gap     bool       // a hole after seq is open since gapAt
+	gapSeq  int64
+	gapAt   time.Time
+
+	seq     atomic.Int64
+	healthy atomic.Bool
+	lastErr atomic.Pointer[error]
+}
+
+// NewFollower returns a follower that evicts from cache what feed reports, polling every interval.
+func NewFollower(feed Feed, cache *Cache, interval time.Duration, log *zap.Logger) (*Follower, error) {
+	switch {
+	case feed == nil:
+		return nil, errors.New("keycache: nil feed")
+	case cache == nil:
+		return nil, errors.New("keycache: nil cache")
+	case log == nil:
+		return nil, errors.New("keycache: nil logger")
+	case interval <= 0:
+		return nil, fmt.Errorf("keycache: follow interval %v: must be positive", interval)
+	}
+	return &Follower{
+		feed:     feed,
+		cache:    cache,
+		interval: interval,
+		log:      log.Named("follower"),
+		grace:    gapGrace,
+		now:      time.Now,
+	}, nil
+}
+
+// Run polls at once and then every interval until ctx is done, and returns nil then.
+// Poll errors are logged and retried on the next tick; see Healthy.
+func (f *Follower) Run(ctx context.Context) error {
+	t := time.NewTicker(f.interval)
+	defer t.Stop()
+	for {
+		_ = f.Poll(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Poll reads the feed up to its end once and evicts the digests of every change.
+// The first successful Poll starts at the feed's LastSeq and purges the cache,
+// since entries cached before then may predate changes it will not see. Changes
+// missed for good (a hole in the sequence that stays open, or a feed that went
+// backwards) purge the whole cache. Safe for concurrent use (e.g. Run and a
+// push notification).
+func (f *Follower) Poll(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	err := f.poll(ctx)
+	if err != nil && ctx.Err() != nil {
+		return err // shutting down: not a feed failure
+	}
+	f.healthy.Store(err == nil)
+	f.lastErr.Store(&err)
+	switch {
+	case err != nil && !f.failing:
+		f.log.Warn("change feed poll failed; retrying", zap.Error(err))
+	case err != nil:
+		f.log.Debug("change feed poll failed again", zap.Error(err))
+	case f.failing:
+		f.log.Info("change feed recovered", zap.Int64("seq", f.seq.Load()))
+	}
+	f.failing = err != nil
+	return err
+}
+
+func (f *Follower) poll(ctx context.Context) error {
+	if !f.started {
+		last, err := f.feed.LastSeq(ctx)
+		if err != nil {
+			return fmt.Errorf("keycache: change feed last seq: %w", err)
+		}
+		f.cache.Purge()
+		f.seq.Store(last)
+		f.started = true
+		return nil
+	}
+	for range maxBatches {
+		after := f.seq.Load()
+		chs, err := f.feed.Changes(ctx, after, feedBatch)
+		if err != nil {
+			return fmt.Errorf("keycache: change feed: %w", err)
+		}
+		if len(chs) == 0 {
+			return f.checkBackwards(ctx, after)
+		}
+		next, last := after, after
+		for _, ch := range chs {
+			if ch.Seq <= after {
+				continue // not newer than asked for: nothing to do
+			}
+			f.cache.Evict(ch.Digests...)
+			if ch.Seq == next+1 && next == last {
+				next = ch.Seq
+			}
+			last = max(last, ch.Seq)
+			f.log.Debug("key changed", zap.Int64("seq", ch.Seq), zap.String("key_id", ch.KeyID), zap.String("kind", string(ch.Kind)))
+		}
+		if next < last {
+			now := f.now()
+			if !f.gap || f.gapSeq != next {
+				f.gap, f.gapSeq, f.gapAt = true, next, now
+			}
+			if now.Sub(f.gapAt) < f.grace {
+				f.seq.Store(next) // read the changes after the hole again next time
+				return nil
+			}
+			f.cache.Purge()
+			f.log.Warn("change feed skipped changes; purged cache", zap.Int64("after", next), zap.Int64("next", last))
+			next = last
+		}
+		f.gap = false
+		f.seq.Store(next)
+		if len(chs) < feedBatch {
+			return nil
+		}
+	}
+	return nil
+}
+
+// checkBackwards purges the cache when the feed's newest Seq is below ours (the
+// store was replaced or restored), and follows the feed from there.
+func (f *Follower) checkBackwards(ctx context.Context, after int64) error {
+	last, err := f.feed.LastSeq(ctx)
+	if err != nil {
+		return fmt.Errorf("keycache: change feed last seq: %w", err)
+	}
+	if last < after {
+		f.cache.Purge()
+		f.seq.Store(last)
+		f.gap = false
+		f.log.Warn("change feed went backwards; purged cache", zap.Int64("seq", after), zap.Int64("last_seq", last))
+	}
+	return nil
+}
+
+// Seq returns the Seq of the last change applied.
+func (f *Follower) Seq() int64 { return f.seq.Load() }
+
+// Healthy reports whether the last poll succeeded (false before the first).
+func (f *Follower) Healthy() bool { return f.healthy.Load() }
+
+// LastError returns the last poll's error, or nil.
+func (f *Follower) LastError() error {
+	if p := f.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}

@@ -1,0 +1,308 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+)
+
+// Defaults of RedisOptions.
+const (
+	DefaultRedisTimeout  = 20 * time.Millisecond
+	DefaultRedisPrefix   = "keyauthz"
+	DefaultDenyCacheSize = 10_000
+)
+
+// On-error policies of RedisOptions.OnError.
+const (
+	OnErrorAllow = "allow"
+	OnErrorDeny  = "deny"
+)
+
+// gcraScript is one GCRA decision, atomic in Redis, on Redis server time in
+// microseconds. KEYS[1] holds the TAT; ARGV[1] is the emission interval and
+// ARGV[2] the burst tolerance (N intervals), both in microseconds. It returns
+// {1, ttl, 0} when allowed (ttl: µs until the new TAT) and {0, wait, ttl}
+// when denied (wait: µs until one request would pass). A denied request
+// writes nothing; an allowed one stores the new TAT with a PX expiry at the
+// TAT, when the state becomes equivalent to no state. Numbers are formatted
+// with %.0f because Lua's default number format would round them.
+const gcraScript = `
+if redis.replicate_commands ~= nil then
+  pcall(redis.replicate_commands)
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local iv = tonumber(ARGV[1])
+local tau = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local nxt = tat + iv
+local wait = nxt - tau - now
+if wait > 0 then
+  return {0, wait, tat - now}
+end
+local ttl = nxt - now
+redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', string.format('%.0f', math.ceil(ttl / 1000)))
+return {1, ttl, 0}
+`
+
+// RedisOptions configures a Redis limiter.
+type RedisOptions struct {
+	Timeout       time.Duration // per decision, applied with context.WithTimeout; default 20ms
+	OnError       string        // "allow" or "deny" (default) when Redis fails or times out
+	Prefix        string        // key prefix; a key is stored as "<prefix>:{<key>}"; default "keyauthz"
+	DenyCacheSize int           // keys remembered as over their limit; 0 means 10000, negative turns the cache off
+}
+
+// Redis is a GCRA limiter whose state lives in Redis, shared by every
+// replica: one atomic Lua script (one round trip) per decision, on Redis
+// server time, with hash-tagged keys so it works on Redis Cluster.
+//
+// When Redis fails or does not answer within the timeout, Allow returns a
+// Decision that follows OnError together with an error wrapping
+// ErrUnavailable; callers must use that Decision and treat the error as
+// information (log, count). Any other error (an invalid rate) comes with a
+// zero Decision.
+//
+// A denial from Redis is remembered locally until its RetryAfter passes, so
+// a client hammering a key that is over its limit is denied without a Redis
+// round trip (bounded by DenyCacheSize; when full, only expired entries
+// make room).
+//
+// The script works in microseconds of Redis server time, so one key can
+// pass at most one request per microsecond (a finer rate is capped there).
+type Redis struct {
+	c      redis.UniversalClient
+	log    *zap.Logger
+	opt    RedisOptions
+	allow  bool // on-error policy
+	script *redis.Script
+
+	calls atomic.Uint64 // Redis round trips
+	hits  atomic.Uint64 // decisions answered by the deny cache
+	down  atomic.Bool   // last round trip failed (logged once per outage)
+
+	now  func() time.Time // deny-cache clock; nil is the real one, tests set it
+	base time.Time
+	mu   sync.Mutex
+	over map[string]overEntry
+}
+
+// overEntry is a key known to be over its limit until until (ns on r's clock).
+type overEntry struct {
+	rate  apikey.Rate
+	until int64
+	reset int64
+}
+
+// NewRedis returns a limiter on client, which may be a single-node client or
+// a cluster client. The client must honour context deadlines
+// (ContextTimeoutEnabled), or the timeout could not bound a stalled call;
+// NewRedisClient builds one that does.
+func NewRedis(client redis.UniversalClient, log *zap.Logger, opt RedisOptions) (*Redis, error) {
+	if client == nil || log == nil {
+		return nil, errors.New("ratelimit: redis client and logger are required")
+	}
+	if !contextTimeouts(client) {
+		return nil, errors.New("ratelimit: redis client must set ContextTimeoutEnabled so the limiter timeout applies")
+	}
+	if opt.Timeout < 0 {
+		return nil, errors.New("ratelimit: redis timeout must not be negative")
+	}
+	if opt.Timeout == 0 {
+		opt.Timeout = DefaultRedisTimeout
+	}
+	switch opt.OnError {
+	case "":
+		opt.OnError = OnErrorDeny
+	case OnErrorAllow, OnErrorDeny:
+	default:
+		return nil, fmt.Errorf("ratelimit: on_error must be %q or %q, not %q", OnErrorAllow, OnErrorDeny, opt.OnError)
+	}
+	if opt.Prefix == "" {
+		opt.Prefix = DefaultRedisPrefix
+	}
+	if opt.DenyCacheSize == 0 {
+		opt.DenyCacheSize = DefaultDenyCacheSize
+	}
+	r := &Redis{
+		c:      client,
+		log:    log.Named("ratelimit"),
+		opt:    opt,
+		allow:  opt.OnError == OnErrorAllow,
+		script: redis.NewScript(gcraScript),
+		base:   time.Now(),
+	}
+	if opt.DenyCacheSize > 0 {
+		r.over = make(map[string]overEntry)
+	}
+	return r, nil
+}
+
+// NewRedisClient returns a go-redis client suited to the limiter: a cluster
+// client when cluster is set (addrs are seed nodes), else a single-node
+// client on addrs[0], honouring context deadlines.
+func NewRedisClient(addrs []string, cluster bool, password string) (redis.UniversalClient, error) {
+	if len(addrs) == 0 {
+		return nil, errors.New("ratelimit: no redis address")
+	}
+	if cluster {
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: addrs, Password: password, ContextTimeoutEnabled: true,
+		}), nil
+	}
+	if len(addrs) > 1 {
+		return nil, errors.New("ratelimit: several redis addresses need cluster mode")
+	}
+	return redis.NewClient(&redis.Options{
+		Addr: addrs[0], Password: password, ContextTimeoutEnabled: true,
+	}), nil
+}
+
+// contextTimeouts reports whether a known client type honours context
+// deadlines; other implementations are trusted.
+func contextTimeouts(c redis.UniversalClient) bool {
+	switch c := c.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return true
+}
+
+// Allow decides one request for key under rate.
+func (r *Redis) Allow(ctx context.Context, key string, rate apikey.Rate) (Decision, error) {
+	iv, tau, err := params(rate, time.Microsecond)
+	if err != nil {
+		return Decision{}, err
+	}
+	if d, ok := r.cached(key, rate); ok {
+		r.hits.Add(1)
+		return d, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	res, err := r.eval(cctx, r.opt.Prefix+":{"+key+"}", iv, tau)
+	if err == nil && len(res) != 3 {
+		err = fmt.Errorf("unexpected script reply of %d values", len(res))
+	}
+	if err != nil {
+		return r.fail(ctx, rate, iv, err)
+	}
+	if r.down.Load() && r.down.CompareAndSwap(true, false) {
+		r.log.Info("redis limiter recovered")
+	}
+	d := Decision{Limit: rate.N, Window: rate.Per}
+	if res[0] == 1 {
+		return allowed(d, res[1], iv, tau, time.Microsecond), nil
+	}
+	d.RetryAfter = time.Duration(res[1]) * time.Microsecond
+	d.Reset = time.Duration(res[2]) * time.Microsecond
+	r.remember(key, rate, d)
+	return d, nil
+}
+
+// Calls returns the number of Redis round trips made so far.
+func (r *Redis) Calls() uint64 { return r.calls.Load() }
+
+// CacheHits returns the number of decisions the deny cache answered without Redis.
+func (r *Redis) CacheHits() uint64 { return r.hits.Load() }
+
+// eval runs the script with EVALSHA, falling back to EVAL (which also loads
+// it) when the server does not have it cached, counting each round trip.
+func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([]int64, error) {
+	keys := []string{key}
+	r.calls.Add(1)
+	cmd := r.script.EvalSha(ctx, r.c, keys, iv, tau)
+	if err := cmd.Err(); err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")) {
+		r.calls.Add(1)
+		cmd = r.script.Eval(ctx, r.c, keys, iv, tau)
+	}
+	return cmd.Int64Slice()
+}
+
+// fail answers by the on-error policy; the first failure of an outage is logged.
+func (r *Redis) fail(ctx context.Context, rate apikey.Rate, iv int64, err error) (Decision, error) {
+	if ctx.Err() == nil && !r.down.Load() && r.down.CompareAndSwap(false, true) {
+		r.log.Warn("redis limiter unavailable, applying on_error policy",
+			zap.String("on_error", r.opt.OnError), zap.Error(err))
+	}
+	d := Decision{Allowed: r.allow, Limit: rate.N, Window: rate.Per}
+	if !r.allow {
+		d.RetryAfter = time.Duration(iv) * time.Microsecond
+		d.Reset = d.RetryAfter
+	}
+	return d, fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+func (r *Redis) nanos() int64 {
+	if r.now == nil {
+		return int64(time.Since(r.base))
+	}
+	return int64(r.now().Sub(r.base))
+}
+
+// cached answers from the deny cache when key is known to be over its
+// limit under the same rate.
+func (r *Redis) cached(key string, rate apikey.Rate) (Decision, bool) {
+	if r.over == nil {
+		return Decision{}, false
+	}
+	r.mu.Lock()
+	e, ok := r.over[key]
+	if !ok {
+		r.mu.Unlock()
+		return Decision{}, false
+	}
+	now := r.nanos()
+	if e.until <= now || e.rate != rate {
+		delete(r.over, key)
+		r.mu.Unlock()
+		return Decision{}, false
+	}
+	r.mu.Unlock()
+	return Decision{
+		Limit:      rate.N,
+		Window:     rate.Per,
+		RetryAfter: time.Duration(e.until - now),
+		Reset:      time.Duration(max(e.reset-now, e.until-now)),
+	}, true
+}
+
+// remember records a Redis denial. When the cache is full it first drops
+// expired entries; if none has expired the denial is not cached.
+func (r *Redis) remember(key string, rate apikey.Rate, d Decision) {
+	if r.over == nil {
+		return
+	}
+	now := r.nanos()
+	e := overEntry{rate: rate, until: now + int64(d.RetryAfter), reset: now + int64(d.Reset)}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.over[key]; !ok && len(r.over) >= r.opt.DenyCacheSize {
+		for k, v := range r.over {
+			if v.until <= now {
+				delete(r.over, k)
+			}
+		}
+		if len(r.over) >= r.opt.DenyCacheSize {
+			return
+		}
+	}
+	r.over[strings.Clone(key)] = e
+}

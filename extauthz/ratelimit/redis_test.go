@@ -1,0 +1,249 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+)
+
+var rate240 = apikey.Rate{N: 240, Per: time.Minute}
+
+func newClient(t testing.TB, addr string) redis.UniversalClient {
+	t.Helper()
+	c, err := NewRedisClient([]string{addr}, false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// blackhole accepts connections and never answers, like a hung server.
+func blackhole(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return l.Addr().String()
+}
+
+func TestNewRedisValidates(t *testing.T) {
+	good := newClient(t, closedAddr(t))
+	noCtx := redis.NewClient(&redis.Options{Addr: closedAddr(t)})
+	defer noCtx.Close()
+	log := zap.NewNop()
+	for name, tc := range map[string]struct {
+		c   redis.UniversalClient
+		log *zap.Logger
+		opt RedisOptions
+	}{
+		"nil client":              {nil, log, RedisOptions{}},
+		"nil logger":              {good, nil, RedisOptions{}},
+		"no context timeouts":     {noCtx, log, RedisOptions{}},
+		"negative timeout":        {good, log, RedisOptions{Timeout: -time.Second}},
+		"unknown on_error policy": {good, log, RedisOptions{OnError: "maybe"}},
+	} {
+		if _, err := NewRedis(tc.c, tc.log, tc.opt); err == nil {
+			t.Errorf("%s: NewRedis succeeded", name)
+		}
+	}
+	r, err := NewRedis(good, log, RedisOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.opt.Timeout != DefaultRedisTimeout || r.opt.OnError != OnErrorDeny || r.opt.Prefix != DefaultRedisPrefix || r.opt.DenyCacheSize != DefaultDenyCacheSize {
+		t.Fatalf("defaults not applied: %+v", r.opt)
+	}
+}
+
+func TestNewRedisClient(t *testing.T) {
+	if _, err := NewRedisClient(nil, false, ""); err == nil {
+		t.Error("no address accepted")
+	}
+	if _, err := NewRedisClient([]string{"a:1", "b:1"}, false, ""); err == nil {
+		t.Error("several addresses without cluster accepted")
+	}
+	c, err := NewRedisClient([]string{"127.0.0.1:1", "127.0.0.1:2"}, true, "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok || !cc.Options().ContextTimeoutEnabled || cc.Options().Password != "pw" {
+		t.Fatalf("cluster client: %T %+v", c, c)
+	}
+}
+
+// TestRedisUnavailablePolicy checks both policies against a refused and a
+// hung server: every call answers by the policy within Timeout+10ms, with an
+// error wrapping ErrUnavailable.
+func TestRedisUnavailablePolicy(t *testing.T) {
+	const timeout = 20 * time.Millisecond
+	servers := map[string]string{"refused": closedAddr(t), "hung": blackhole(t)}
+	for srv, addr := range servers {
+		for _, policy := range []string{OnErrorAllow, OnErrorDeny} {
+			t.Run(srv+"/"+policy, func(t *testing.T) {
+				core, logs := observer.New(zap.InfoLevel)
+				r, err := NewRedis(newClient(t, addr), zap.New(core), RedisOptions{Timeout: timeout, OnError: policy})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := 0; i < 5; i++ {
+					start := time.Now()
+					d, err := r.Allow(context.Background(), "key_secretish", rate240)
+					took := time.Since(start)
+					if !errors.Is(err, ErrUnavailable) {
+						t.Fatalf("call %d: err %v, want ErrUnavailable", i, err)
+					}
+					if took > timeout+10*time.Millisecond {
+						t.Fatalf("call %d took %v, want <= %v", i, took, timeout+10*time.Millisecond)
+					}
+					want := Decision{Allowed: policy == OnErrorAllow, Limit: 240, Window: time.Minute}
+					if policy == OnErrorDeny {
+						want.RetryAfter, want.Reset = 250*time.Millisecond, 250*time.Millisecond
+					}
+					if d != want {
+						t.Fatalf("call %d: %+v, want %+v", i, d, want)
+					}
+					if strings.Contains(err.Error(), "key_secretish") {
+						t.Fatalf("error names the key: %v", err)
+					}
+				}
+				if n := logs.FilterMessage("redis limiter unavailable, applying on_error policy").Len(); n != 1 {
+					t.Fatalf("outage logged %d times, want once", n)
+				}
+				for _, e := range logs.All() {
+					for _, f := range e.Context {
+						if strings.Contains(f.String, "key_secretish") || (f.Interface != nil && strings.Contains(fmtAny(f.Interface), "key_secretish")) {
+							t.Fatalf("log line names the key: %+v", e)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+func fmtAny(v any) string {
+	if e, ok := v.(error); ok {
+		return e.Error()
+	}
+	return ""
+}
+
+func TestRedisInvalidRateIsNotUnavailable(t *testing.T) {
+	r, err := NewRedis(newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{OnError: OnErrorAllow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Allow(context.Background(), "k", apikey.Rate{})
+	if !errors.Is(err, ErrInvalidRate) || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err %v, want ErrInvalidRate only", err)
+	}
+	if r.Calls() != 0 {
+		t.Fatalf("an invalid rate reached Redis (%d calls)", r.Calls())
+	}
+}
+
+func TestRedisDenyCache(t *testing.T) {
+	clk := newFakeClock()
+	r, err := NewRedis(newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.now, r.base = clk.Now, clk.Now()
+	rate := apikey.Rate{N: 4, Per: time.Second}
+	r.remember("k", rate, Decision{RetryAfter: 100 * time.Millisecond, Reset: time.Second})
+
+	d, ok := r.cached("k", rate)
+	want := Decision{Limit: 4, Window: time.Second, RetryAfter: 100 * time.Millisecond, Reset: time.Second}
+	if !ok || d != want {
+		t.Fatalf("cached: %+v %v, want %+v", d, ok, want)
+	}
+	if _, ok := r.cached("k", apikey.Rate{N: 8, Per: time.Second}); ok {
+		t.Fatal("a denial under another rate answered from the cache")
+	}
+	r.remember("k", rate, Decision{RetryAfter: 100 * time.Millisecond, Reset: time.Second})
+	clk.Add(99 * time.Millisecond)
+	if d, ok := r.cached("k", rate); !ok || d.RetryAfter != time.Millisecond || d.Reset != 901*time.Millisecond {
+		t.Fatalf("1ms before expiry: %+v %v", d, ok)
+	}
+	clk.Add(time.Millisecond)
+	if _, ok := r.cached("k", rate); ok {
+		t.Fatal("expired denial still cached")
+	}
+
+	// Bounded: a full cache makes room only from expired entries.
+	r.remember("a", rate, Decision{RetryAfter: time.Second})
+	r.remember("b", rate, Decision{RetryAfter: 10 * time.Millisecond})
+	r.remember("c", rate, Decision{RetryAfter: time.Second})
+	if _, ok := r.cached("c", rate); ok || len(r.over) != 2 {
+		t.Fatalf("full cache took a third key: %d entries", len(r.over))
+	}
+	clk.Add(10 * time.Millisecond)
+	r.remember("c", rate, Decision{RetryAfter: time.Second})
+	if _, ok := r.cached("c", rate); !ok {
+		t.Fatal("expired entry not reclaimed for a new denial")
+	}
+	if _, ok := r.cached("a", rate); !ok {
+		t.Fatal("live entry dropped")
+	}
+}
+
+func TestRedisDenyCacheOff(t *testing.T) {
+	r, err := NewRedis(newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.remember("k", rate240, Decision{RetryAfter: time.Second})
+	if _, ok := r.cached("k", rate240); ok {
+		t.Fatal("disabled cache answered")
+	}
+}

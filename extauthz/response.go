@@ -1,0 +1,199 @@
+package extauthz
+
+import (
+	"strconv"
+	"time"
+	"unsafe"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
+)
+
+// Deny messages, as the documented APIs word them.
+const (
+	MsgInvalid     = "Invalid API key"
+	MsgConflict    = "Conflicting API keys"
+	MsgForbidden   = "API key is not allowed to access this resource"
+	MsgRateLimited = "Rate limit exceeded"
+)
+
+var okStatus = &rpcstatus.Status{Code: int32(codes.OK)}
+
+// responses holds the deny answers that never vary, built once and shared
+// (protobuf messages are safe for concurrent marshalling when not mutated).
+type responses struct {
+	problem      bool
+	unauthorized *authv3.CheckResponse
+	forbidden    *authv3.CheckResponse
+	conflict     *authv3.CheckResponse
+	limitedBody  string
+	contentType  string
+}
+
+func newResponses(problem bool, realm string) responses {
+	r := responses{problem: problem, contentType: "application/json"}
+	if problem {
+		r.contentType = "application/problem+json"
+	}
+	www := header("www-authenticate", `ApiKey realm="`+realm+`"`)
+	r.unauthorized = r.deny(typev3.StatusCode_Unauthorized, codes.Unauthenticated, MsgInvalid, www)
+	r.forbidden = r.deny(typev3.StatusCode_Forbidden, codes.PermissionDenied, MsgForbidden)
+	r.conflict = r.deny(typev3.StatusCode_BadRequest, codes.InvalidArgument, MsgConflict)
+	r.limitedBody = r.body(429, MsgRateLimited)
+	return r
+}
+
+// body renders a deny body: {"message": …} or RFC 9457 problem details.
+func (r *responses) body(code int, msg string) string {
+	m := strconv.Quote(msg)
+	if !r.problem {
+		return `{"message":` + m + `}`
+	}
+	title := map[int]string{400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests"}[code]
+	return `{"type":"about:blank","title":"` + title + `","status":` + strconv.Itoa(code) + `,"detail":` + m + `}`
+}
+
+func (r *responses) deny(code typev3.StatusCode, grpc codes.Code, msg string, extra ...*corev3.HeaderValueOption) *authv3.CheckResponse {
+	hs := append([]*corev3.HeaderValueOption{header("content-type", r.contentType)}, extra...)
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(grpc), Message: msg},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: code},
+			Headers: hs,
+			Body:    r.body(int(code), msg),
+		}},
+	}
+}
+
+// limited builds the 429 answer with Retry-After and the rate-limit headers.
+func (r *responses) limited(d ratelimit.Decision, now time.Time, style string, unix bool) *authv3.CheckResponse {
+	retry := ceilSeconds(d.RetryAfter)
+	if retry < 1 {
+		retry = 1
+	}
+	hs := make([]*corev3.HeaderValueOption, 0, 7)
+	hs = append(hs, header("content-type", r.contentType), header("retry-after", strconv.FormatInt(retry, 10)))
+	hs = rateHeaders(hs, d, now, style, unix)
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.ResourceExhausted), Message: MsgRateLimited},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_TooManyRequests},
+			Headers: hs,
+			Body:    r.limitedBody,
+		}},
+	}
+}
+
+func header(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: k, Value: v},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// Rate-limit header names (Envoy expects lower case).
+const (
+	hLimit     = "x-ratelimit-limit"
+	hRemaining = "x-ratelimit-remaining"
+	hReset     = "x-ratelimit-reset"
+	hPolicy    = "ratelimit-policy"
+	hRateLimit = "ratelimit"
+)
+
+// rateHeaders appends the legacy and/or IETF draft rate-limit headers for d to dst.
+// All values share one buffer and the options one backing array, to keep the
+// allowed path to a handful of allocations.
+func rateHeaders(dst []*corev3.HeaderValueOption, d ratelimit.Decision, now time.Time, style string, unix bool) []*corev3.HeaderValueOption {
+	legacy, ietf := style != "ietf", style != "legacy"
+	n := 0
+	if legacy {
+		n += 3
+	}
+	if ietf {
+		n += 2
+	}
+	reset := ceilSeconds(d.Reset)
+	window := ceilSeconds(d.Window)
+	buf := make([]byte, 0, 96)
+	var vals [5]string
+	i := 0
+	put := func(start int) {
+		b := buf[start:]
+		vals[i] = unsafe.String(unsafe.SliceData(b), len(b))
+		i++
+	}
+	// buf never grows past its capacity for realistic numbers; if it did, append would
+	// copy and earlier strings would still point at the old, unchanged backing array.
+	if legacy {
+		s := len(buf)
+		buf = strconv.AppendInt(buf, int64(d.Limit), 10)
+		put(s)
+		s = len(buf)
+		buf = strconv.AppendInt(buf, int64(d.Remaining), 10)
+		put(s)
+		s = len(buf)
+		if unix {
+			buf = strconv.AppendInt(buf, now.Unix()+reset, 10)
+		} else {
+			buf = strconv.AppendInt(buf, reset, 10)
+		}
+		put(s)
+	}
+	if ietf {
+		s := len(buf)
+		buf = append(buf, `"default";q=`...)
+		buf = strconv.AppendInt(buf, int64(d.Limit), 10)
+		buf = append(buf, ";w="...)
+		buf = strconv.AppendInt(buf, window, 10)
+		put(s)
+		s = len(buf)
+		buf = append(buf, `"default";r=`...)
+		buf = strconv.AppendInt(buf, int64(d.Remaining), 10)
+		buf = append(buf, ";t="...)
+		buf = strconv.AppendInt(buf, reset, 10)
+		put(s)
+	}
+	names := [5]string{hLimit, hRemaining, hReset, hPolicy, hRateLimit}
+	if !legacy {
+		names = [5]string{hPolicy, hRateLimit}
+	}
+	hv := make([]corev3.HeaderValue, n)
+	opts := make([]corev3.HeaderValueOption, n)
+	if dst == nil {
+		dst = make([]*corev3.HeaderValueOption, 0, n)
+	}
+	for j := 0; j < n; j++ {
+		hv[j].Key, hv[j].Value = names[j], vals[j]
+		opts[j].Header = &hv[j]
+		opts[j].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		dst = append(dst, &opts[j])
+	}
+	return dst
+}
+
+// MetadataKeyID and MetadataWorkspace are the dynamic-metadata fields set on allow.
+const (
+	MetadataKeyID     = "key_id"
+	MetadataWorkspace = "workspace"
+)
+
+func metadata(k *apikey.Key) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataKeyID:     structpb.NewStringValue(k.ID),
+		MetadataWorkspace: structpb.NewStringValue(k.Workspace),
+	}}
+}

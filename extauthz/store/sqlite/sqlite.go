@@ -1,0 +1,631 @@
+// Package sqlite is the embedded key store: one SQLite file (pure-Go driver
+// modernc.org/sqlite) in WAL mode. Writes go through a single connection that
+// opens every transaction with BEGIN IMMEDIATE, so the workspace limit and name
+// checks are atomic with the insert, also against other processes (the CLI)
+// writing the same file; reads use a small separate pool and do not block on
+// writers. Only digests are stored, never a secret.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+)
+
+var _ apikey.Store = (*Store)(nil)
+
+const (
+	busyTimeout = 5 * time.Second // wait for another process's write lock
+	readConns   = 4               // reader pool size
+)
+
+// Store is an apikey.Store backed by a SQLite file.
+type Store struct {
+	w      *sql.DB // one connection; BEGIN IMMEDIATE
+	r      *sql.DB // readers, query_only
+	lookup *sql.Stmt
+	log    *zap.Logger
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens (creating if needed) the SQLite database file at path and applies
+// pending schema migrations.
+func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
+	if path == "" || path == ":memory:" || strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("sqlite path %q: want a file path without '?' or '#'", path)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	w, err := sql.Open("sqlite", dsn(path, true))
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxIdleTime(0)
+	w.SetConnMaxLifetime(0)
+	s := &Store{w: w, log: log.Named("sqlite")}
+	if err := s.Migrate(ctx); err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	r, err := sql.Open("sqlite", dsn(path, false))
+	if err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(readConns)
+	r.SetMaxIdleConns(readConns)
+	r.SetConnMaxIdleTime(0)
+	r.SetConnMaxLifetime(0)
+	s.r = r
+	if s.lookup, err = r.PrepareContext(ctx, lookupSQL); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("sqlite %s: prepare lookup: %w", path, err)
+	}
+	s.log.Debug("opened sqlite store", zap.String("path", path))
+	return s, nil
+}
+
+// dsn builds the driver's connection string for path.
+func dsn(path string, write bool) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	q.Add("_pragma", "foreign_keys(1)")
+	if write {
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Set("_txlock", "immediate")
+	} else {
+		q.Add("_pragma", "query_only(1)")
+	}
+	return path + "?" + q.Encode()
+}
+
+// Close closes both connection pools; it is safe to call more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		if s.lookup != nil {
+			errs = append(errs, s.lookup.Close())
+		}
+		if s.r != nil {
+			errs = append(errs, s.r.Close())
+		}
+		errs = append(errs, s.w.Close())
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// Ping reports whether the database answers a query.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.r.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("sqlite ping: %w", err)
+	}
+	return nil
+}
+
+// write runs fn in one BEGIN IMMEDIATE transaction on the writer connection.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite commit: %w", err)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------- encoding
+
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+// micros maps a time to its column value: NULL for zero, Unix microseconds otherwise.
+func micros(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMicro()
+}
+
+func fromMicros(v sql.NullInt64) time.Time {
+	if !v.Valid {
+		return time.Time{}
+	}
+	return time.UnixMicro(v.Int64).UTC()
+}
+
+// norm returns t as it will read back: UTC, microsecond precision.
+func norm(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return time.UnixMicro(t.UnixMicro()).UTC()
+}
+
+func encodeGrants(g []string) (string, error) {
+	if len(g) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(g)
+	return string(b), err
+}
+
+func encodeMeta(m map[string]string) (string, error) {
+	if len(m) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(m)
+	return string(b), err
+}
+
+func joinDigests(ds [][32]byte) []byte {
+	b := make([]byte, 0, 32*len(ds))
+	for _, d := range ds {
+		b = append(b, d[:]...)
+	}
+	return b
+}
+
+func splitDigests(b []byte) ([][32]byte, error) {
+	if len(b)%32 != 0 {
+		return nil, fmt.Errorf("digest list of %d bytes is not a multiple of 32", len(b))
+	}
+	out := make([][32]byte, len(b)/32)
+	for i := range out {
+		copy(out[i][:], b[32*i:])
+	}
+	return out, nil
+}
+
+// keyCols are the keys columns every read selects, in scanKey's order.
+const keyCols = `k.id, k.workspace, k.name, k.display, k.created_at, k.expires_at, k.not_before,
+	k.revoked_at, k.rate_limit, k.grants, k.metadata, k.last_used_at`
+
+const lookupSQL = `SELECT ` + keyCols + `, d.expires_at
+	FROM digests d JOIN keys k ON k.id = d.key_id
+	WHERE d.digest = ? AND d.pepper_version = ?`
+
+type scanner interface{ Scan(dest ...any) error }
+
+// scanKey reads keyCols (plus extra destinations) from one row.
+func scanKey(row scanner, extra ...any) (apikey.Key, error) {
+	var (
+		k                                   apikey.Key
+		created                             int64
+		expires, notBefore, revoked, usedAt sql.NullInt64
+		rate, grants, meta                  string
+	)
+	dest := append([]any{&k.ID, &k.Workspace, &k.Name, &k.Display, &created, &expires, &notBefore,
+		&revoked, &rate, &grants, &meta, &usedAt}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return apikey.Key{}, err
+	}
+	k.CreatedAt = time.UnixMicro(created).UTC()
+	k.ExpiresAt = fromMicros(expires)
+	k.NotBefore = fromMicros(notBefore)
+	k.RevokedAt = fromMicros(revoked)
+	k.LastUsedAt = fromMicros(usedAt)
+	if rate != "" {
+		r, err := apikey.ParseRate(rate)
+		if err != nil {
+			return apikey.Key{}, fmt.Errorf("key %s: %w", k.ID, err)
+		}
+		k.RateLimit = r
+	}
+	if grants != "" {
+		if err := json.Unmarshal([]byte(grants), &k.Grants); err != nil {
+			return apikey.Key{}, fmt.Errorf("key %s: grants: %w", k.ID, err)
+		}
+	}
+	if meta != "" {
+		if err := json.Unmarshal([]byte(meta), &k.Metadata); err != nil {
+			return apikey.Key{}, fmt.Errorf("key %s: metadata: %w", k.ID, err)
+		}
+	}
+	return k, nil
+}
+
+// ---------------------------------------------------------------- reads
+
+// Lookup returns the key whose digest equals d (sum and pepper version). A
+// revoked key comes back with RevokedAt set; a grace digest's key comes back
+// with ExpiresAt at the earlier of the key's expiry and the grace end.
+func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
+	var grace sql.NullInt64
+	k, err := scanKey(s.lookup.QueryRowContext(ctx, d.Sum[:], d.Version), &grace)
+	if errors.Is(err, sql.ErrNoRows) {
+		return apikey.Key{}, apikey.ErrNotFound
+	}
+	if err != nil {
+		return apikey.Key{}, fmt.Errorf("sqlite lookup: %w", err)
+	}
+	if g := fromMicros(grace); !g.IsZero() && (k.ExpiresAt.IsZero() || g.Before(k.ExpiresAt)) {
+		k.ExpiresAt = g
+	}
+	k.PepperVersion = d.Version
+	return k, nil
+}
+
+// Get returns a live key by id.
+func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
+	k, err := scanKey(s.r.QueryRowContext(ctx,
+		`SELECT `+keyCols+` FROM keys k WHERE k.id = ? AND k.revoked_at IS NULL`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return apikey.Key{}, apikey.ErrNotFound
+	}
+	if err != nil {
+		return apikey.Key{}, fmt.Errorf("sqlite get %s: %w", id, err)
+	}
+	return k, nil
+}
+
+// List returns a workspace's live keys ordered by id, after the cursor; limit <= 0 means all.
+func (s *Store) List(ctx context.Context, workspace, after string, limit int) ([]apikey.Key, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+keyCols+` FROM keys k
+		WHERE k.workspace = ? AND k.revoked_at IS NULL AND k.id > ?
+		ORDER BY k.id LIMIT ?`, workspace, after, sqlLimit(limit))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite list: %w", err)
+	}
+	defer rows.Close()
+	var out []apikey.Key
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite list: %w", err)
+		}
+		out = append(out, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite list: %w", err)
+	}
+	return out, nil
+}
+
+func sqlLimit(n int) int {
+	if n <= 0 {
+		return -1 // SQLite: no limit
+	}
+	return n
+}
+
+// Changes returns feed entries with Seq > after, oldest first; limit <= 0 means all.
+func (s *Store) Changes(ctx context.Context, after int64, limit int) ([]apikey.Change, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT seq, at, key_id, kind, digests FROM changes
+		WHERE seq > ? ORDER BY seq LIMIT ?`, after, sqlLimit(limit))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite changes: %w", err)
+	}
+	defer rows.Close()
+	var out []apikey.Change
+	for rows.Next() {
+		var (
+			c    apikey.Change
+			at   int64
+			kind string
+			ds   []byte
+		)
+		if err := rows.Scan(&c.Seq, &at, &c.KeyID, &kind, &ds); err != nil {
+			return nil, fmt.Errorf("sqlite changes: %w", err)
+		}
+		c.At = time.UnixMicro(at).UTC()
+		c.Kind = apikey.ChangeKind(kind)
+		if c.Digests, err = splitDigests(ds); err != nil {
+			return nil, fmt.Errorf("sqlite changes: seq %d: %w", c.Seq, err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite changes: %w", err)
+	}
+	return out, nil
+}
+
+// LastSeq returns the newest change Seq, 0 when the feed is empty.
+func (s *Store) LastSeq(ctx context.Context) (int64, error) {
+	var seq int64
+	if err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM changes`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("sqlite last seq: %w", err)
+	}
+	return seq, nil
+}
+
+// Events returns a workspace's audit events with Seq > after, oldest first; limit <= 0 means all.
+func (s *Store) Events(ctx context.Context, workspace string, after int64, limit int) ([]apikey.Event, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT seq, at, kind, workspace, key_id, actor, detail FROM audit
+		WHERE workspace = ? AND seq > ? ORDER BY seq LIMIT ?`, workspace, after, sqlLimit(limit))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite events: %w", err)
+	}
+	defer rows.Close()
+	var out []apikey.Event
+	for rows.Next() {
+		var (
+			e  apikey.Event
+			at int64
+		)
+		if err := rows.Scan(&e.Seq, &at, &e.Kind, &e.Workspace, &e.KeyID, &e.Actor, &e.Detail); err != nil {
+			return nil, fmt.Errorf("sqlite events: %w", err)
+		}
+		e.At = time.UnixMicro(at).UTC()
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite events: %w", err)
+	}
+	return out, nil
+}
+
+// ---------------------------------------------------------------- writes
+
+// Create stores a new key and its digest, atomically with the workspace limit and
+// live-name checks. A zero ID or CreatedAt is filled in.
+func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error) {
+	k := nk.Key
+	if k.Workspace == "" || k.Name == "" {
+		return apikey.Key{}, errors.New("sqlite create: workspace and name are required")
+	}
+	if k.ID == "" {
+		id, err := apikey.NewID()
+		if err != nil {
+			return apikey.Key{}, err
+		}
+		k.ID = id
+	}
+	at := now()
+	if k.CreatedAt.IsZero() {
+		k.CreatedAt = at
+	}
+	k.CreatedAt, k.ExpiresAt, k.NotBefore = norm(k.CreatedAt), norm(k.ExpiresAt), norm(k.NotBefore)
+	k.RevokedAt, k.LastUsedAt, k.PepperVersion = time.Time{}, time.Time{}, 0
+	grants, err := encodeGrants(k.Grants)
+	if err != nil {
+		return apikey.Key{}, fmt.Errorf("sqlite create: grants: %w", err)
+	}
+	meta, err := encodeMeta(k.Metadata)
+	if err != nil {
+		return apikey.Key{}, fmt.Errorf("sqlite create: metadata: %w", err)
+	}
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		if nk.Max > 0 {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM keys
+				WHERE workspace = ? AND revoked_at IS NULL`, k.Workspace).Scan(&n); err != nil {
+				return fmt.Errorf("sqlite create: count keys: %w", err)
+			}
+			if n >= nk.Max {
+				return fmt.Errorf("workspace %q holds %d keys (max %d): %w", k.Workspace, n, nk.Max, apikey.ErrLimit)
+			}
+		}
+		var taken int
+		err := tx.QueryRowContext(ctx, `SELECT 1 FROM keys
+			WHERE workspace = ? AND name = ? AND revoked_at IS NULL`, k.Workspace, k.Name).Scan(&taken)
+		switch {
+		case err == nil:
+			return fmt.Errorf("workspace %q, name %q: %w", k.Workspace, k.Name, apikey.ErrNameTaken)
+		case !errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("sqlite create: check name: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO keys (id, workspace, name, display, created_at,
+			expires_at, not_before, rate_limit, grants, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			k.ID, k.Workspace, k.Name, k.Display, k.CreatedAt.UnixMicro(), micros(k.ExpiresAt),
+			micros(k.NotBefore), k.RateLimit.String(), grants, meta); err != nil {
+			return fmt.Errorf("sqlite create: insert key: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO digests (digest, key_id, pepper_version) VALUES (?, ?, ?)`,
+			nk.Digest.Sum[:], k.ID, nk.Digest.Version); err != nil {
+			return fmt.Errorf("sqlite create: insert digest: %w", err)
+		}
+		if err := addChange(ctx, tx, at, k.ID, apikey.Created, [][32]byte{nk.Digest.Sum}); err != nil {
+			return err
+		}
+		return addEvent(ctx, tx, apikey.Event{At: at, Kind: "created", Workspace: k.Workspace, KeyID: k.ID, Actor: nk.Actor})
+	})
+	if err != nil {
+		return apikey.Key{}, err
+	}
+	return k, nil
+}
+
+// Refresh replaces a live key's digest with d and its display form with display.
+// With grace 0 the old digests are dropped at once; otherwise they stay usable
+// until now+grace.
+func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display string, grace time.Duration, actor string) (apikey.Key, error) {
+	var k apikey.Key
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var err error
+		k, err = scanKey(tx.QueryRowContext(ctx,
+			`SELECT `+keyCols+` FROM keys k WHERE k.id = ? AND k.revoked_at IS NULL`, id))
+		if errors.Is(err, sql.ErrNoRows) {
+			return apikey.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("sqlite refresh %s: %w", id, err)
+		}
+		at := now()
+		if _, err := tx.ExecContext(ctx, `DELETE FROM digests WHERE expires_at IS NOT NULL AND expires_at <= ?`,
+			at.UnixMicro()); err != nil {
+			return fmt.Errorf("sqlite refresh: prune grace digests: %w", err)
+		}
+		old, err := keyDigests(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		detail := ""
+		if grace <= 0 {
+			_, err = tx.ExecContext(ctx, `DELETE FROM digests WHERE key_id = ?`, id)
+		} else {
+			end := at.Add(grace).UnixMicro()
+			detail = "grace " + grace.String()
+			_, err = tx.ExecContext(ctx, `UPDATE digests SET expires_at = ?
+				WHERE key_id = ? AND (expires_at IS NULL OR expires_at > ?)`, end, id, end)
+		}
+		if err != nil {
+			return fmt.Errorf("sqlite refresh: old digests: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO digests (digest, key_id, pepper_version) VALUES (?, ?, ?)`,
+			d.Sum[:], id, d.Version); err != nil {
+			return fmt.Errorf("sqlite refresh: insert digest: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE keys SET display = ? WHERE id = ?`, display, id); err != nil {
+			return fmt.Errorf("sqlite refresh: display: %w", err)
+		}
+		k.Display = display
+		if err := addChange(ctx, tx, at, id, apikey.Refreshed, old); err != nil {
+			return err
+		}
+		return addEvent(ctx, tx, apikey.Event{At: at, Kind: "refreshed", Workspace: k.Workspace, KeyID: id, Actor: actor, Detail: detail})
+	})
+	if err != nil {
+		return apikey.Key{}, err
+	}
+	return k, nil
+}
+
+// Delete revokes a live key at once; its digests stay so Lookup reports it revoked.
+func (s *Store) Delete(ctx context.Context, id, actor string) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		var ws string
+		err := tx.QueryRowContext(ctx, `SELECT workspace FROM keys WHERE id = ? AND revoked_at IS NULL`, id).Scan(&ws)
+		if errors.Is(err, sql.ErrNoRows) {
+			return apikey.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("sqlite delete %s: %w", id, err)
+		}
+		at := now()
+		if _, err := tx.ExecContext(ctx, `UPDATE keys SET revoked_at = ? WHERE id = ?`, at.UnixMicro(), id); err != nil {
+			return fmt.Errorf("sqlite delete %s: %w", id, err)
+		}
+		ds, err := keyDigests(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if err := addChange(ctx, tx, at, id, apikey.Deleted, ds); err != nil {
+			return err
+		}
+		return addEvent(ctx, tx, apikey.Event{At: at, Kind: "deleted", Workspace: ws, KeyID: id, Actor: actor})
+	})
+}
+
+// Rehash moves old's key (and grace end) to digest d and drops old.
+func (s *Store) Rehash(ctx context.Context, old, d apikey.Digest) error {
+	if old == d {
+		return nil
+	}
+	return s.write(ctx, func(tx *sql.Tx) error {
+		var (
+			id  string
+			end sql.NullInt64
+		)
+		err := tx.QueryRowContext(ctx, `SELECT key_id, expires_at FROM digests WHERE digest = ? AND pepper_version = ?`,
+			old.Sum[:], old.Version).Scan(&id, &end)
+		if errors.Is(err, sql.ErrNoRows) {
+			return apikey.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("sqlite rehash: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO digests (digest, key_id, pepper_version, expires_at)
+			VALUES (?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING`, d.Sum[:], id, d.Version, end); err != nil {
+			return fmt.Errorf("sqlite rehash: insert digest: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM digests WHERE digest = ?`, old.Sum[:]); err != nil {
+			return fmt.Errorf("sqlite rehash: drop digest: %w", err)
+		}
+		return addChange(ctx, tx, now(), id, apikey.Rehashed, [][32]byte{old.Sum})
+	})
+}
+
+// Touch records last-used times in one transaction; unknown ids are ignored and
+// a time never moves backwards.
+func (s *Store) Touch(ctx context.Context, used map[string]time.Time) error {
+	if len(used) == 0 {
+		return nil
+	}
+	return s.write(ctx, func(tx *sql.Tx) error {
+		st, err := tx.PrepareContext(ctx, `UPDATE keys SET last_used_at = ?
+			WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`)
+		if err != nil {
+			return fmt.Errorf("sqlite touch: %w", err)
+		}
+		defer st.Close()
+		for id, at := range used {
+			us := at.UnixMicro()
+			if _, err := st.ExecContext(ctx, us, id, us); err != nil {
+				return fmt.Errorf("sqlite touch %s: %w", id, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Audit appends an audit event; a zero At is stamped with now.
+func (s *Store) Audit(ctx context.Context, e apikey.Event) error {
+	if e.At.IsZero() {
+		e.At = now()
+	}
+	return s.write(ctx, func(tx *sql.Tx) error { return addEvent(ctx, tx, e) })
+}
+
+func keyDigests(ctx context.Context, tx *sql.Tx, id string) ([][32]byte, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT digest FROM digests WHERE key_id = ?`, id)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite digests of %s: %w", id, err)
+	}
+	defer rows.Close()
+	var out [][32]byte
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, fmt.Errorf("sqlite digests of %s: %w", id, err)
+		}
+		var d [32]byte
+		if len(b) != len(d) {
+			return nil, fmt.Errorf("sqlite digests of %s: stored digest has %d bytes", id, len(b))
+		}
+		copy(d[:], b)
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite digests of %s: %w", id, err)
+	}
+	return out, nil
+}
+
+func addChange(ctx context.Context, tx *sql.Tx, at time.Time, id string, kind apikey.ChangeKind, ds [][32]byte) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO changes (at, key_id, kind, digests) VALUES (?, ?, ?, ?)`,
+		at.UnixMicro(), id, string(kind), joinDigests(ds)); err != nil {
+		return fmt.Errorf("sqlite record change: %w", err)
+	}
+	return nil
+}
+
+func addEvent(ctx context.Context, tx *sql.Tx, e apikey.Event) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO audit (at, kind, workspace, key_id, actor, detail)
+		VALUES (?, ?, ?, ?, ?, ?)`, e.At.UnixMicro(), e.Kind, e.Workspace, e.KeyID, e.Actor, e.Detail); err != nil {
+		return fmt.Errorf("sqlite record audit event: %w", err)
+	}
+	return nil
+}

