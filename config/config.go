@@ -54,6 +54,7 @@ type TLS struct {
 // HTTP is the health, metrics and admin listener.
 type HTTP struct {
 	Listen string `yaml:"listen"`
+	Pprof  bool   `yaml:"pprof"` // serve /debug/pprof (for profiling; keep off in production)
 }
 
 // Store selects the key store.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"sync"
@@ -104,6 +105,9 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, err
 	}
 	if a.follower, err = keycache.NewFollower(a.store, a.cache, cfg.Store.FollowInterval, log.Named("follow")); err != nil {
+		return nil, err
+	}
+	if err = registerCacheMetrics(a.reg, a.cache, a.follower); err != nil {
 		return nil, err
 	}
 	lim, err := newLimiter(&cfg, log)
@@ -285,6 +289,12 @@ func (a *App) routes() http.Handler {
 		}
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	if a.cfg.HTTP.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 
