@@ -8,7 +8,6 @@ import (
 	"errors"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -64,6 +63,7 @@ type Service struct {
 	remove  []string
 	resp    responses
 	metrics *Metrics
+	idents  identities
 	log     *zap.Logger
 	now     func() time.Time
 }
@@ -141,7 +141,8 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.
 	now := s.now()
 	if err := k.Valid(now); err != nil {
 		if errors.Is(err, apikey.ErrRevoked) && s.opt.RevokedUse != nil {
-			s.opt.RevokedUse(&k)
+			rk := k // a copy, so k itself stays on the stack on the hot path
+			s.opt.RevokedUse(&rk)
 		}
 		s.metrics.deny(validReason(err))
 		return s.resp.unauthorized, nil
@@ -203,25 +204,17 @@ func (s *Service) rate(k *apikey.Key) apikey.Rate {
 }
 
 // allow builds the OK response: identity headers upstream, key headers removed,
-// rate-limit headers for the client and dynamic metadata for Envoy.
+// rate-limit headers for the client and dynamic metadata for Envoy. The response
+// and its rate-limit headers share one allocation; the per-key parts are shared.
 func (s *Service) allow(k *apikey.Key, d ratelimit.Decision, now time.Time) *authv3.CheckResponse {
-	hv := make([]corev3.HeaderValue, 2)
-	hv[0].Key, hv[0].Value = s.opt.KeyIDHeader, k.ID
-	hv[1].Key, hv[1].Value = s.opt.WorkspaceHdr, k.Workspace
-	opts := make([]corev3.HeaderValueOption, 2)
-	up := make([]*corev3.HeaderValueOption, 2)
-	for i := range opts {
-		opts[i].Header = &hv[i]
-		opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-		up[i] = &opts[i]
-	}
-	return &authv3.CheckResponse{
-		Status: okStatus,
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			Headers:              up,
-			HeadersToRemove:      s.remove,
-			ResponseHeadersToAdd: rateHeaders(nil, d, now, s.opt.RateHeaders, s.opt.ResetUnix),
-		}},
-		DynamicMetadata: metadata(k),
-	}
+	id := s.idents.get(k, s.opt.KeyIDHeader, s.opt.WorkspaceHdr)
+	r := new(okResponse)
+	r.ok.Headers = id.headers
+	r.ok.HeadersToRemove = s.remove
+	r.ok.ResponseHeadersToAdd = r.rate.build(d, now, s.opt.RateHeaders, s.opt.ResetUnix)
+	r.oneof.OkResponse = &r.ok
+	r.resp.Status = okStatus
+	r.resp.HttpResponse = &r.oneof
+	r.resp.DynamicMetadata = id.metadata
+	return &r.resp
 }

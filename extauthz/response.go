@@ -10,9 +10,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
 )
 
@@ -114,75 +112,68 @@ const (
 	hRateLimit = "ratelimit"
 )
 
+// rateBlock holds up to five rate-limit headers and their text in one value,
+// so a response's rate-limit headers cost no allocation of their own.
+type rateBlock struct {
+	vals [5]corev3.HeaderValue
+	opts [5]corev3.HeaderValueOption
+	ptrs [5]*corev3.HeaderValueOption
+	buf  [128]byte
+}
+
 // rateHeaders appends the legacy and/or IETF draft rate-limit headers for d to dst.
-// All values share one buffer and the options one backing array, to keep the
-// allowed path to a handful of allocations.
 func rateHeaders(dst []*corev3.HeaderValueOption, d ratelimit.Decision, now time.Time, style string, unix bool) []*corev3.HeaderValueOption {
+	return append(dst, new(rateBlock).build(d, now, style, unix)...)
+}
+
+// build fills the block for d and returns the header options, which point into it.
+func (b *rateBlock) build(d ratelimit.Decision, now time.Time, style string, unix bool) []*corev3.HeaderValueOption {
 	legacy, ietf := style != "ietf", style != "legacy"
-	n := 0
-	if legacy {
-		n += 3
-	}
-	if ietf {
-		n += 2
-	}
 	reset := ceilSeconds(d.Reset)
-	window := ceilSeconds(d.Window)
-	buf := make([]byte, 0, 96)
-	var vals [5]string
-	i := 0
-	put := func(start int) {
-		b := buf[start:]
-		vals[i] = unsafe.String(unsafe.SliceData(b), len(b))
-		i++
+	buf := b.buf[:0]
+	n := 0
+	// add formats one header value into buf; buf's array lives in b, so the string
+	// stays valid for as long as the response does. Values are short (≤ ~40 bytes
+	// each, 128 in all), so append never reallocates; if it did, the string would
+	// point at a copy, which is still correct.
+	add := func(name string, start int) {
+		v := buf[start:]
+		b.vals[n].Key, b.vals[n].Value = name, unsafe.String(unsafe.SliceData(v), len(v))
+		b.opts[n].Header = &b.vals[n]
+		b.opts[n].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		b.ptrs[n] = &b.opts[n]
+		n++
 	}
-	// buf never grows past its capacity for realistic numbers; if it did, append would
-	// copy and earlier strings would still point at the old, unchanged backing array.
 	if legacy {
 		s := len(buf)
 		buf = strconv.AppendInt(buf, int64(d.Limit), 10)
-		put(s)
+		add(hLimit, s)
 		s = len(buf)
 		buf = strconv.AppendInt(buf, int64(d.Remaining), 10)
-		put(s)
+		add(hRemaining, s)
 		s = len(buf)
 		if unix {
 			buf = strconv.AppendInt(buf, now.Unix()+reset, 10)
 		} else {
 			buf = strconv.AppendInt(buf, reset, 10)
 		}
-		put(s)
+		add(hReset, s)
 	}
 	if ietf {
 		s := len(buf)
 		buf = append(buf, `"default";q=`...)
 		buf = strconv.AppendInt(buf, int64(d.Limit), 10)
 		buf = append(buf, ";w="...)
-		buf = strconv.AppendInt(buf, window, 10)
-		put(s)
+		buf = strconv.AppendInt(buf, ceilSeconds(d.Window), 10)
+		add(hPolicy, s)
 		s = len(buf)
 		buf = append(buf, `"default";r=`...)
 		buf = strconv.AppendInt(buf, int64(d.Remaining), 10)
 		buf = append(buf, ";t="...)
 		buf = strconv.AppendInt(buf, reset, 10)
-		put(s)
+		add(hRateLimit, s)
 	}
-	names := [5]string{hLimit, hRemaining, hReset, hPolicy, hRateLimit}
-	if !legacy {
-		names = [5]string{hPolicy, hRateLimit}
-	}
-	hv := make([]corev3.HeaderValue, n)
-	opts := make([]corev3.HeaderValueOption, n)
-	if dst == nil {
-		dst = make([]*corev3.HeaderValueOption, 0, n)
-	}
-	for j := 0; j < n; j++ {
-		hv[j].Key, hv[j].Value = names[j], vals[j]
-		opts[j].Header = &hv[j]
-		opts[j].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-		dst = append(dst, &opts[j])
-	}
-	return dst
+	return b.ptrs[:n]
 }
 
 // MetadataKeyID and MetadataWorkspace are the dynamic-metadata fields set on allow.
@@ -190,10 +181,3 @@ const (
 	MetadataKeyID     = "key_id"
 	MetadataWorkspace = "workspace"
 )
-
-func metadata(k *apikey.Key) *structpb.Struct {
-	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		MetadataKeyID:     structpb.NewStringValue(k.ID),
-		MetadataWorkspace: structpb.NewStringValue(k.Workspace),
-	}}
-}

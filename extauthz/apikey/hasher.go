@@ -37,7 +37,7 @@ func NewHasher(peppers map[int][]byte, current int) (*Hasher, error) {
 			return nil, fmt.Errorf("pepper version %d: %d bytes, need at least %d", v, len(p), MinPepperLen)
 		}
 		key := append([]byte(nil), p...)
-		h.pools[v] = &sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}
+		h.pools[v] = &sync.Pool{New: func() any { return &mac{h: hmac.New(sha256.New, key)} }}
 		if v != current {
 			h.older = append(h.older, v)
 		}
@@ -64,14 +64,19 @@ func (h *Hasher) SumVersion(key string, v int) (Digest, error) {
 	if !ok {
 		return Digest{}, fmt.Errorf("pepper version %d is not configured", v)
 	}
-	m := p.Get().(hash.Hash)
-	m.Reset()
-	m.Write(unsafeBytes(key))
+	m := p.Get().(*mac)
+	m.h.Reset()
+	m.h.Write(unsafeBytes(key))
 	d := Digest{Version: v}
-	var buf [sha256.Size]byte
-	copy(d.Sum[:], m.Sum(buf[:0]))
+	copy(d.Sum[:], m.h.Sum(m.buf[:0]))
 	p.Put(m)
 	return d, nil
+}
+
+// mac is a pooled keyed hash with its own output buffer, so hashing allocates nothing.
+type mac struct {
+	h   hash.Hash
+	buf [sha256.Size]byte
 }
 
 // unsafeBytes views s as bytes without copying; callers must not modify or retain it.
