@@ -111,11 +111,36 @@ func New(f *apikey.Format, h *apikey.Hasher, keys Keys, lim Limiter, m *Metrics,
 // only the authorizer's own faults (store unreachable) are gRPC errors.
 func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	http := req.GetAttributes().GetRequest().GetHttp()
-	src := headerSource{m: http.GetHeaders()}
-	if src.m == nil {
-		src.raw = http.GetHeaderMap()
+	r := Request{Path: http.GetPath(), headers: headerSource{m: http.GetHeaders()}, ext: extSource{m: req.GetAttributes().GetContextExtensions()}}
+	if r.headers.m == nil {
+		r.headers.raw = http.GetHeaderMap()
 	}
-	key, res := extract(src, s.opt.Headers, s.opt.Bearer)
+	return s.Decide(ctx, &r)
+}
+
+// Request is the part of a CheckRequest the decision reads.
+type Request struct {
+	Path    string // :path as Envoy sends it (query included)
+	headers headerSource
+	ext     extSource
+}
+
+// NewWireRequest makes a Request from pairs decoded straight off the wire (the
+// fast codec); the strings may alias the request buffer for the call's duration.
+func NewWireRequest(path string, headers, ext []KV) Request {
+	return Request{Path: path, headers: headerSource{pairs: nonNil(headers)}, ext: extSource{pairs: ext}}
+}
+
+func nonNil(p []KV) pairs {
+	if p == nil {
+		return pairs{}
+	}
+	return p
+}
+
+// Decide answers one request; Check is Decide over a decoded CheckRequest.
+func (s *Service) Decide(ctx context.Context, req *Request) (*authv3.CheckResponse, error) {
+	key, res := extract(req.headers, s.opt.Headers, s.opt.Bearer)
 	switch res {
 	case keyConflict:
 		s.metrics.deny(reasonConflict)
@@ -147,7 +172,7 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.
 		s.metrics.deny(validReason(err))
 		return s.resp.unauthorized, nil
 	}
-	if r := resource(http.GetPath(), req.GetAttributes().GetContextExtensions(), s.tmpl); r != "" && !k.Owns(r) {
+	if r := resource(req.Path, req.ext, s.tmpl); r != "" && !k.Owns(r) {
 		s.metrics.deny(reasonForbidden)
 		return s.resp.forbidden, nil
 	}

@@ -15,16 +15,44 @@ const (
 	keyConflict
 )
 
-// headerSource reads one header from a CheckRequest in either of Envoy's encodings:
-// the plain map (default) or header_map (encode_raw_headers).
+// KV is one name/value pair of a request decoded straight from the wire.
+type KV struct{ K, V string }
+
+// pairs is a small list of name/value pairs, searched linearly (Envoy sends a
+// few dozen headers at most; a map would cost more to build than to search).
+type pairs []KV
+
+func (p pairs) get(name string) (string, bool) {
+	for i := range p {
+		if p[i].K == name {
+			return p[i].V, true
+		}
+	}
+	return "", false
+}
+
+// headerSource reads one header from a CheckRequest in any of its encodings:
+// the plain map (default), header_map (encode_raw_headers), or wire pairs.
 type headerSource struct {
-	m   map[string]string
-	raw *corev3.HeaderMap
+	m     map[string]string
+	raw   *corev3.HeaderMap
+	pairs pairs
 }
 
 func (h headerSource) get(name string) (string, bool) {
 	if h.m != nil {
 		v, ok := h.m[name]
+		return v, ok
+	}
+	if h.pairs != nil {
+		// Repeated headers arrive joined by Envoy already; a name seen twice in the
+		// wire map keeps the last value, as proto map decoding does.
+		v, ok := "", false
+		for i := range h.pairs {
+			if h.pairs[i].K == name {
+				v, ok = h.pairs[i].V, true
+			}
+		}
 		return v, ok
 	}
 	if h.raw == nil {

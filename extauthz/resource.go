@@ -13,6 +13,20 @@ const (
 	ExtResourceSegment = "resource_segment"
 )
 
+// extSource reads Envoy's per-route context_extensions from a proto map or wire pairs.
+type extSource struct {
+	m     map[string]string
+	pairs pairs
+}
+
+func (e extSource) get(k string) (string, bool) {
+	if e.m != nil {
+		v, ok := e.m[k]
+		return v, ok
+	}
+	return e.pairs.get(k)
+}
+
 // template is a path prefix with one captured segment, e.g. /organizations/{resource}.
 type template struct {
 	segs []string // literal segments; "" at the capture index
@@ -58,11 +72,11 @@ func segment(path string, n int) (string, bool) {
 }
 
 // resource returns the resource the request targets, or "" when the route names none.
-func resource(path string, ext map[string]string, ts []template) string {
-	if r, ok := ext[ExtResource]; ok && r != "" {
+func resource(path string, ext extSource, ts []template) string {
+	if r, ok := ext.get(ExtResource); ok && r != "" {
 		return r
 	}
-	if s, ok := ext[ExtResourceSegment]; ok {
+	if s, ok := ext.get(ExtResourceSegment); ok {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
 			return "\x00invalid" // a misconfigured route matches no key: fail closed

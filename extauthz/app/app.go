@@ -97,7 +97,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 			return nil, fmt.Errorf("open store %s: %w", redactURL(cfg.Store.URL), err)
 		}
 	}
-	a.cache, err = keycache.New(a.store, keycache.Options{
+	a.cache, err = keycache.New(timeoutLookup{a.store, cfg.Store.Timeout}, keycache.Options{
 		Size: cfg.Cache.Size, TTL: cfg.Cache.TTL, NegativeSize: cfg.Cache.NegativeSize,
 		NegativeTTL: cfg.Cache.NegativeTTL, MaxStaleness: cfg.Store.MaxStaleness,
 	}, log.Named("cache"))

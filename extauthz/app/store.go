@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -43,4 +44,19 @@ func redactURL(u string) string {
 		}
 	}
 	return scheme + "://" + rest
+}
+
+// timeoutLookup bounds each store read the cache makes on a miss, so a slow store
+// costs a Check at most the store timeout, never a multi-second stall.
+type timeoutLookup struct {
+	s apikey.Lookuper
+	d time.Duration
+}
+
+var _ apikey.Lookuper = timeoutLookup{}
+
+func (t timeoutLookup) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.d)
+	defer cancel()
+	return t.s.Lookup(ctx, d)
 }

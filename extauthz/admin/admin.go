@@ -1,0 +1,471 @@
+// Package admin is keyauthz's REST admin API: create (secret shown once), list,
+// get, refresh (rotate, with an opt-in grace period) and delete API keys, and read
+// a workspace's audit trail, behind admin bearer tokens. It also holds a small Go
+// client for that API (Client) and helpers the CLI prints with.
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	_ "embed" // the OpenAPI document
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+)
+
+// OpenAPI is the OpenAPI 3 document of the admin API, served at GET /v1/openapi.yaml.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
+
+const (
+	// DefaultMaxBody bounds a request body when Options.MaxBody is 0.
+	DefaultMaxBody = 64 << 10
+	// DefaultPageSize is the page size of list and audit when no limit is given.
+	DefaultPageSize = 100
+	// MaxPageSize is the largest limit list and audit accept.
+	MaxPageSize = 500
+	// MaxGrace is the longest grace period a refresh accepts.
+	MaxGrace = 30 * 24 * time.Hour
+	// MinTokenLen is the shortest admin token accepted, in bytes.
+	MinTokenLen = 16
+	// realm is the WWW-Authenticate realm of 401 answers.
+	realm = "keyauthz-admin"
+)
+
+// Token is one admin bearer token; its Name is the actor recorded in the audit trail.
+type Token struct {
+	Name   string
+	Secret []byte
+}
+
+// Options tune the handler; zero values take the defaults.
+type Options struct {
+	// MaxBody bounds request bodies in bytes (DefaultMaxBody when 0).
+	MaxBody int64
+	// OnChange is called after every committed key change, before the answer is
+	// sent, so this replica's cache drops changed keys at once (wire the change-feed
+	// follower's Poll). Its error is logged; the change stands.
+	OnChange func(ctx context.Context) error
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// Handler serves the admin API under /v1/. It implements http.Handler.
+type Handler struct {
+	m      *apikey.Manager
+	store  apikey.Store
+	tokens []tokenSum
+	opt    Options
+	log    *zap.Logger
+	mux    *http.ServeMux
+	routes []route
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+type tokenSum struct {
+	name string
+	sum  [sha256.Size]byte
+}
+
+// route is one served method and path; public routes need no token.
+type route struct {
+	method, path string
+	public       bool
+	serve        func(w http.ResponseWriter, r *http.Request, actor string)
+}
+
+// New returns the admin API over m, accepting the given bearer tokens (at least one;
+// surrounding whitespace, such as a token file's newline, is ignored).
+func New(m *apikey.Manager, tokens []Token, opt Options, log *zap.Logger) (*Handler, error) {
+	switch {
+	case m == nil:
+		return nil, errors.New("admin: nil manager")
+	case log == nil:
+		return nil, errors.New("admin: nil logger")
+	case len(tokens) == 0:
+		return nil, errors.New("admin: no admin token configured")
+	case opt.MaxBody < 0:
+		return nil, fmt.Errorf("admin: max body %d: must not be negative", opt.MaxBody)
+	}
+	if opt.MaxBody == 0 {
+		opt.MaxBody = DefaultMaxBody
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	h := &Handler{m: m, store: m.Store(), opt: opt, log: log.Named("admin"), mux: http.NewServeMux()}
+	seen := map[string]bool{}
+	for i, t := range tokens {
+		secret := bytes.TrimSpace(t.Secret)
+		switch {
+		case t.Name == "":
+			return nil, fmt.Errorf("admin: token %d: name required", i)
+		case seen[t.Name]:
+			return nil, fmt.Errorf("admin: token %q: name appears twice", t.Name)
+		case len(secret) < MinTokenLen:
+			return nil, fmt.Errorf("admin: token %q: %d bytes, need at least %d", t.Name, len(secret), MinTokenLen)
+		}
+		seen[t.Name] = true
+		h.tokens = append(h.tokens, tokenSum{name: t.Name, sum: sha256.Sum256(secret)})
+	}
+	h.routes = []route{
+		{method: http.MethodPost, path: "/v1/workspaces/{ws}/api-keys", serve: h.create},
+		{method: http.MethodGet, path: "/v1/workspaces/{ws}/api-keys", serve: h.list},
+		{method: http.MethodGet, path: "/v1/workspaces/{ws}/api-keys/{id}", serve: h.get},
+		{method: http.MethodPost, path: "/v1/workspaces/{ws}/api-keys/{id}/refresh", serve: h.refresh},
+		{method: http.MethodDelete, path: "/v1/workspaces/{ws}/api-keys/{id}", serve: h.delete},
+		{method: http.MethodGet, path: "/v1/workspaces/{ws}/audit", serve: h.audit},
+		{method: http.MethodGet, path: "/v1/openapi.yaml", public: true, serve: h.openapi},
+	}
+	for _, rt := range h.routes {
+		h.mux.Handle(rt.method+" "+rt.path, h.wrap(rt))
+	}
+	return h, nil
+}
+
+// wrap checks the token of non-public routes and passes the token's name on as the actor.
+func (h *Handler) wrap(rt route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		actor := ""
+		if !rt.public {
+			var ok bool
+			if actor, ok = h.authenticate(r); !ok {
+				h.unauthorized(w, r)
+				return
+			}
+		}
+		rt.serve(w, r, actor)
+	})
+}
+
+// ServeHTTP routes a request; unknown routes answer 404 or 405 as JSON (401 without a valid token).
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hd := w.Header()
+	hd.Set("Cache-Control", "no-store")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	if _, pattern := h.mux.Handler(r); pattern != "" {
+		h.mux.ServeHTTP(w, r)
+		return
+	}
+	if _, ok := h.authenticate(r); !ok {
+		h.unauthorized(w, r)
+		return
+	}
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+		if m == r.Method {
+			continue
+		}
+		r2 := r.Clone(r.Context())
+		r2.Method = m
+		if _, p := h.mux.Handler(r2); p != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		hd.Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, &apiError{Code: "method_not_allowed", Message: "method " + r.Method + " not allowed here"})
+		return
+	}
+	writeError(w, http.StatusNotFound, &apiError{Code: "not_found", Message: "no such route"})
+}
+
+// authenticate returns the name of the token in the Authorization header. Every
+// configured token is compared, in constant time, whatever matches.
+func (h *Handler) authenticate(r *http.Request) (string, bool) {
+	auth := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(auth, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	if tok == "" {
+		return "", false
+	}
+	sum := sha256.Sum256([]byte(tok))
+	match := -1
+	for i := range h.tokens {
+		eq := subtle.ConstantTimeCompare(sum[:], h.tokens[i].sum[:])
+		match = subtle.ConstantTimeSelect(eq, i, match)
+	}
+	if match < 0 {
+		return "", false
+	}
+	return h.tokens[match].name, true
+}
+
+func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request) {
+	h.log.Info("admin request without a valid token", zap.String("method", r.Method),
+		zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
+	w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`"`)
+	writeError(w, http.StatusUnauthorized, &apiError{Code: "unauthorized", Message: "missing or invalid admin token"})
+}
+
+// ---------------------------------------------------------------- handlers
+
+func (h *Handler) openapi(w http.ResponseWriter, _ *http.Request, _ string) {
+	w.Header().Set("Content-Type", "application/yaml")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(OpenAPI)
+}
+
+func (h *Handler) create(w http.ResponseWriter, r *http.Request, actor string) {
+	ws, e := workspace(r)
+	if e == nil {
+		var b createBody
+		if e = readJSON(r, h.opt.MaxBody, &b, false); e == nil {
+			var spec apikey.Spec
+			if spec, e = b.spec(ws, h.opt.Now()); e == nil {
+				h.created(w, r, spec, actor)
+				return
+			}
+		}
+	}
+	writeError(w, e.status(), e)
+}
+
+func (h *Handler) created(w http.ResponseWriter, r *http.Request, spec apikey.Spec, actor string) {
+	k, secret, err := h.m.Create(r.Context(), spec, actor)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.changed(r.Context(), k.ID)
+	h.log.Info("key created", zap.String("key_id", k.ID), zap.String("workspace", k.Workspace),
+		zap.String("display", k.Display), zap.String("actor", actor))
+	w.Header().Set("Location", "/v1/workspaces/"+k.Workspace+"/api-keys/"+k.ID)
+	writeJSON(w, http.StatusCreated, apikey.NewView(k, secret))
+}
+
+func (h *Handler) list(w http.ResponseWriter, r *http.Request, _ string) {
+	ws, e := workspace(r)
+	if e != nil {
+		writeError(w, e.status(), e)
+		return
+	}
+	limit, after, e := page(r, "k", ws)
+	if e != nil {
+		writeError(w, e.status(), e)
+		return
+	}
+	keys, err := h.store.List(r.Context(), ws, after, limit+1)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out := KeyPage{Items: make([]apikey.View, 0, min(len(keys), limit))}
+	for i := range keys {
+		if i == limit {
+			out.NextCursor = encodeCursor("k", ws, keys[i-1].ID)
+			break
+		}
+		out.Items = append(out.Items, apikey.NewView(keys[i], ""))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// key returns the live key named by the path, 404 when it is not in the path's workspace.
+func (h *Handler) key(w http.ResponseWriter, r *http.Request) (apikey.Key, bool) {
+	ws, e := workspace(r)
+	if e != nil {
+		writeError(w, e.status(), e)
+		return apikey.Key{}, false
+	}
+	id := r.PathValue("id")
+	if !validID(id) {
+		writeError(w, http.StatusNotFound, errNotFound)
+		return apikey.Key{}, false
+	}
+	k, err := h.store.Get(r.Context(), id)
+	if err == nil && k.Workspace != ws {
+		err = apikey.ErrNotFound // another workspace's key is not reachable from this one
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return apikey.Key{}, false
+	}
+	return k, true
+}
+
+func (h *Handler) get(w http.ResponseWriter, r *http.Request, _ string) {
+	if k, ok := h.key(w, r); ok {
+		writeJSON(w, http.StatusOK, apikey.NewView(k, ""))
+	}
+}
+
+func (h *Handler) refresh(w http.ResponseWriter, r *http.Request, actor string) {
+	if _, e := workspace(r); e != nil {
+		writeError(w, e.status(), e)
+		return
+	}
+	var b refreshBody
+	if e := readJSON(r, h.opt.MaxBody, &b, true); e != nil {
+		writeError(w, e.status(), e)
+		return
+	}
+	grace, e := b.grace()
+	if e != nil {
+		writeError(w, e.status(), e)
+		return
+	}
+	k, ok := h.key(w, r)
+	if !ok {
+		return
+	}
+	k, secret, err := h.m.Refresh(r.Context(), k.ID, grace, actor)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.changed(r.Context(), k.ID)
+	h.log.Info("key refreshed", zap.String("key_id", k.ID), zap.String("workspace", k.Workspace),
+		zap.String("display", k.Display), zap.Duration("grace", grace), zap.String("actor", actor))
+	writeJSON(w, http.StatusOK, apikey.NewView(k, secret))
+}
+
+func (h *Handler) delete(w http.ResponseWriter, r *http.Request, actor string) {
+	k, ok := h.key(w, r)
+	if !ok {
+		return
+	}
+	if err := h.m.Delete(r.Context(), k.ID, actor); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.changed(r.Context(), k.ID)
+	h.log.Info("key deleted", zap.String("key_id", k.ID), zap.String("workspace", k.Workspace), zap.String("actor", actor))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *Handler) audit(w http.ResponseWriter, r *http.Request, _ string) {
+	ws, e := workspace(r)
+	if e != nil {
+		writeError(w, e.status(), e)
+		return
+	}
+	limit, after, e := page(r, "a", ws)
+	if e != nil {
+		writeError(w, e.status(), e)
+		return
+	}
+	var seq int64
+	if after != "" {
+		if _, err := fmt.Sscan(after, &seq); err != nil || seq < 0 {
+			writeError(w, http.StatusBadRequest, errCursor)
+			return
+		}
+	}
+	evs, err := h.store.Events(r.Context(), ws, seq, limit+1)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out := AuditPage{Items: make([]Event, 0, min(len(evs), limit))}
+	for i := range evs {
+		if i == limit {
+			out.NextCursor = encodeCursor("a", ws, fmt.Sprint(evs[i-1].Seq))
+			break
+		}
+		out.Items = append(out.Items, NewEvent(evs[i]))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// changed applies a committed change to this replica's cache at once.
+func (h *Handler) changed(ctx context.Context, id string) {
+	if h.opt.OnChange == nil {
+		return
+	}
+	if err := h.opt.OnChange(context.WithoutCancel(ctx)); err != nil {
+		h.log.Warn("applying a key change to the local cache failed; the change feed will retry",
+			zap.String("key_id", id), zap.Error(err))
+	}
+}
+
+// fail answers a Manager or store error: bad input, not found and conflicts are
+// the caller's; anything else is a fault (logged, generic answer).
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var fe *apikey.FieldError
+	switch {
+	case errors.As(err, &fe):
+		f := fe.Field
+		if f == "grace" {
+			f = "grace_seconds"
+		}
+		writeError(w, http.StatusBadRequest, &apiError{Code: "invalid", Field: f, Message: f + ": " + fe.Msg})
+	case errors.Is(err, apikey.ErrNotFound):
+		writeError(w, http.StatusNotFound, errNotFound)
+	case errors.Is(err, apikey.ErrLimit):
+		writeError(w, http.StatusConflict, &apiError{Code: "limit", Message: "workspace " + r.PathValue("ws") + " already holds its maximum number of API keys; delete one first"})
+	case errors.Is(err, apikey.ErrNameTaken):
+		writeError(w, http.StatusConflict, &apiError{Code: "name_taken", Field: "name", Message: "name: another API key in this workspace has this name"})
+	case errors.Is(err, apikey.ErrReadOnly):
+		writeError(w, http.StatusConflict, &apiError{Code: "read_only", Message: "the key store is read-only; keys are managed in its file"})
+	case r.Context().Err() != nil:
+		h.log.Debug("admin request canceled", zap.String("path", r.URL.Path), zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, &apiError{Code: "canceled", Message: "request canceled"})
+	default:
+		h.log.Error("admin request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+		writeError(w, http.StatusInternalServerError, &apiError{Code: "internal", Message: "internal error; see the server log"})
+	}
+}
+
+// ---------------------------------------------------------------- answers
+
+var (
+	errNotFound = &apiError{Code: "not_found", Message: "API key not found"}
+	errCursor   = &apiError{Code: "invalid", Field: "cursor", Message: "cursor: not a cursor this list returned"}
+)
+
+// apiError is the JSON error body: a message, and the offending field for bad input.
+type apiError struct {
+	Message string `json:"message"`
+	Field   string `json:"field,omitempty"`
+	Code    string `json:"code,omitempty"`
+	code    int    // HTTP status when not implied by Code
+}
+
+func (e *apiError) status() int {
+	if e.code != 0 {
+		return e.code
+	}
+	return http.StatusBadRequest
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code = http.StatusInternalServerError
+		b = []byte(`{"message":"internal error","code":"internal"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, code int, e *apiError) { writeJSON(w, code, e) }
+
+// workspace returns the path's workspace, checked.
+func workspace(r *http.Request) (string, *apiError) {
+	ws := r.PathValue("ws")
+	if !apikey.ValidName(ws) {
+		return "", &apiError{Code: "invalid", Field: "workspace", Message: "workspace: must be 1-128 characters of letters, digits, '-', '_' or '.'"}
+	}
+	return ws, nil
+}
+
+// validID reports whether id can be a key id at all (anything else is simply not found).
+func validID(id string) bool {
+	return strings.HasPrefix(id, "key_") && len(id) <= 64 && apikey.ValidName(id)
+}

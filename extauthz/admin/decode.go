@@ -1,0 +1,244 @@
+package admin
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+)
+
+// maxExpiresIn bounds expires_in_seconds (about 100 years), keeping time arithmetic exact.
+const maxExpiresIn = 100 * 365 * 24 * 3600
+
+// createBody is the JSON body of POST /v1/workspaces/{ws}/api-keys.
+type createBody struct {
+	Name             string            `json:"name"`
+	ExpiresAt        *string           `json:"expires_at"`         // RFC 3339
+	ExpiresInSeconds *int64            `json:"expires_in_seconds"` // alternative to expires_at
+	NotBefore        *string           `json:"not_before"`         // RFC 3339
+	RateLimit        *string           `json:"rate_limit"`         // e.g. "600/m"
+	Grants           []string          `json:"grants"`
+	Metadata         map[string]string `json:"metadata"`
+}
+
+// refreshBody is the JSON body of POST …/api-keys/{id}/refresh (the body may be empty).
+type refreshBody struct {
+	GraceSeconds *int64 `json:"grace_seconds"`
+}
+
+func invalid(field, msg string) *apiError {
+	return &apiError{Code: "invalid", Field: field, Message: field + ": " + msg}
+}
+
+// spec turns the body into a key Spec at now; the Manager validates the rest.
+func (b *createBody) spec(ws string, now time.Time) (apikey.Spec, *apiError) {
+	s := apikey.Spec{Workspace: ws, Name: b.Name, Grants: b.Grants, Metadata: b.Metadata}
+	if b.ExpiresAt != nil && b.ExpiresInSeconds != nil {
+		return s, invalid("expires_in_seconds", "set expires_at or expires_in_seconds, not both")
+	}
+	var err error
+	if b.ExpiresAt != nil {
+		if s.ExpiresAt, err = time.Parse(time.RFC3339Nano, *b.ExpiresAt); err != nil {
+			return s, invalid("expires_at", "must be an RFC 3339 time such as 2030-01-02T15:04:05Z")
+		}
+	}
+	if b.ExpiresInSeconds != nil {
+		n := *b.ExpiresInSeconds
+		if n <= 0 || n > maxExpiresIn {
+			return s, invalid("expires_in_seconds", fmt.Sprintf("must be from 1 to %d", maxExpiresIn))
+		}
+		s.ExpiresAt = now.Add(time.Duration(n) * time.Second)
+	}
+	if b.NotBefore != nil {
+		if s.NotBefore, err = time.Parse(time.RFC3339Nano, *b.NotBefore); err != nil {
+			return s, invalid("not_before", "must be an RFC 3339 time such as 2030-01-02T15:04:05Z")
+		}
+	}
+	if b.RateLimit != nil && *b.RateLimit != "" {
+		if s.RateLimit, err = apikey.ParseRate(*b.RateLimit); err != nil {
+			return s, invalid("rate_limit", "must be a rate such as 600/m, 10/s, 1000/h or 100/30s")
+		}
+	}
+	if err := s.Validate(now); err != nil {
+		var fe *apikey.FieldError
+		if errors.As(err, &fe) {
+			return s, invalid(fe.Field, fe.Msg)
+		}
+		return s, invalid("body", err.Error())
+	}
+	return s, nil
+}
+
+// grace returns the requested grace period, checked.
+func (b *refreshBody) grace() (time.Duration, *apiError) {
+	if b.GraceSeconds == nil {
+		return 0, nil
+	}
+	n := *b.GraceSeconds
+	if n < 0 || n > int64(MaxGrace/time.Second) {
+		return 0, invalid("grace_seconds", fmt.Sprintf("must be from 0 to %d", int64(MaxGrace/time.Second)))
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+// readJSON decodes the request body (at most max bytes, one JSON object, no unknown
+// fields) into dst. With allowEmpty, an empty body leaves dst as it is.
+func readJSON(r *http.Request, max int64, dst any, allowEmpty bool) *apiError {
+	ct := r.Header.Get("Content-Type")
+	if ct != "" && !isJSON(ct) {
+		return &apiError{Code: "unsupported_media_type", Message: "Content-Type must be application/json", code: http.StatusUnsupportedMediaType}
+	}
+	body, e := readBody(r.Body, max)
+	if e != nil {
+		return e
+	}
+	if allowEmpty && len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	if ct == "" {
+		return &apiError{Code: "unsupported_media_type", Message: "Content-Type must be application/json", code: http.StatusUnsupportedMediaType}
+	}
+	return decodeJSON(body, dst)
+}
+
+// isJSON reports whether a Content-Type value names JSON.
+func isJSON(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == "application/json"
+}
+
+func readBody(rc io.Reader, max int64) ([]byte, *apiError) {
+	if rc == nil {
+		return nil, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(rc, max+1))
+	if err != nil {
+		return nil, &apiError{Code: "invalid", Field: "body", Message: "body: could not be read"}
+	}
+	if int64(len(b)) > max {
+		return nil, &apiError{Code: "too_large", Field: "body", Message: fmt.Sprintf("body: larger than %d bytes", max), code: http.StatusRequestEntityTooLarge}
+	}
+	return b, nil
+}
+
+// decodeJSON decodes exactly one JSON object from b into dst, naming the field at fault.
+func decodeJSON(b []byte, dst any) *apiError {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return invalid("body", "a JSON object is required")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(dst)
+	if err == nil {
+		if dec.Decode(&struct{}{}) != io.EOF {
+			return invalid("body", "must hold exactly one JSON object")
+		}
+		if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+			return invalid("body", "must be a JSON object")
+		}
+		return nil
+	}
+	var (
+		syn *json.SyntaxError
+		typ *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.As(err, &syn):
+		return invalid("body", fmt.Sprintf("malformed JSON at byte %d", syn.Offset))
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return invalid("body", "must be a JSON object")
+		}
+		return invalid(topField(typ.Field), "must be "+jsonType(typ.Type.Kind().String()))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return invalid("body", "truncated JSON")
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		f, uerr := strconv.Unquote(name)
+		if uerr != nil || f == "" {
+			f = "body"
+		}
+		return &apiError{Code: "invalid", Field: f, Message: f + ": unknown field"}
+	}
+	return invalid("body", "not valid JSON for this request")
+}
+
+// topField returns the top-level field of a dotted JSON path ("metadata.x" → "metadata").
+func topField(f string) string {
+	if i := strings.IndexAny(f, ".["); i > 0 {
+		return f[:i]
+	}
+	return f
+}
+
+func jsonType(kind string) string {
+	switch kind {
+	case "string":
+		return "a string"
+	case "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64":
+		return "an integer"
+	case "slice":
+		return "an array"
+	case "map", "struct":
+		return "an object"
+	case "ptr":
+		return "a value of the documented type"
+	}
+	return "of the documented type"
+}
+
+// ---------------------------------------------------------------- pagination
+
+// maxCursor bounds an accepted cursor's length.
+const maxCursor = 512
+
+// encodeCursor makes an opaque cursor of kind ("k" keys, "a" audit) for workspace ws.
+func encodeCursor(kind, ws, after string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(kind + "|" + ws + "|" + after))
+}
+
+// decodeCursor reads a cursor made by encodeCursor for the same kind and workspace.
+func decodeCursor(c, kind, ws string) (string, bool) {
+	if len(c) > maxCursor {
+		return "", false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return "", false
+	}
+	parts := strings.SplitN(string(b), "|", 3)
+	if len(parts) != 3 || parts[0] != kind || parts[1] != ws || parts[2] == "" {
+		return "", false
+	}
+	return parts[2], true
+}
+
+// page reads ?limit and ?cursor.
+func page(r *http.Request, kind, ws string) (int, string, *apiError) {
+	q := r.URL.Query()
+	limit := DefaultPageSize
+	if v := q.Get("limit"); v != "" || q.Has("limit") {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxPageSize {
+			return 0, "", invalid("limit", fmt.Sprintf("must be an integer from 1 to %d", MaxPageSize))
+		}
+		limit = n
+	}
+	after := ""
+	if c := q.Get("cursor"); c != "" {
+		var ok bool
+		if after, ok = decodeCursor(c, kind, ws); !ok {
+			return 0, "", errCursor
+		}
+	}
+	return limit, after, nil
+}
