@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +39,8 @@ const (
 	MaxGrace = 30 * 24 * time.Hour
 	// MinTokenLen is the shortest admin token accepted, in bytes.
 	MinTokenLen = 16
+	// changeTimeout bounds applying a change to the local cache (Options.OnChange).
+	changeTimeout = 5 * time.Second
 	// realm is the WWW-Authenticate realm of 401 answers.
 	realm = "keyauthz-admin"
 )
@@ -361,7 +364,8 @@ func (h *Handler) audit(w http.ResponseWriter, r *http.Request, _ string) {
 	}
 	var seq int64
 	if after != "" {
-		if _, err := fmt.Sscan(after, &seq); err != nil || seq < 0 {
+		var err error
+		if seq, err = strconv.ParseInt(after, 10, 64); err != nil || seq < 0 {
 			writeError(w, http.StatusBadRequest, errCursor)
 			return
 		}
@@ -374,7 +378,7 @@ func (h *Handler) audit(w http.ResponseWriter, r *http.Request, _ string) {
 	out := AuditPage{Items: make([]Event, 0, min(len(evs), limit))}
 	for i := range evs {
 		if i == limit {
-			out.NextCursor = encodeCursor("a", ws, fmt.Sprint(evs[i-1].Seq))
+			out.NextCursor = encodeCursor("a", ws, strconv.FormatInt(evs[i-1].Seq, 10))
 			break
 		}
 		out.Items = append(out.Items, NewEvent(evs[i]))
@@ -387,7 +391,9 @@ func (h *Handler) changed(ctx context.Context, id string) {
 	if h.opt.OnChange == nil {
 		return
 	}
-	if err := h.opt.OnChange(context.WithoutCancel(ctx)); err != nil {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
+	defer cancel()
+	if err := h.opt.OnChange(ctx); err != nil {
 		h.log.Warn("applying a key change to the local cache failed; the change feed will retry",
 			zap.String("key_id", id), zap.Error(err))
 	}
@@ -433,12 +439,13 @@ type apiError struct {
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
 	Code    string `json:"code,omitempty"`
-	code    int    // HTTP status when not implied by Code
+	http    int    // HTTP status for status(); 0 means 400
 }
 
+// status is the HTTP status of an input error.
 func (e *apiError) status() int {
-	if e.code != 0 {
-		return e.code
+	if e.http != 0 {
+		return e.http
 	}
 	return http.StatusBadRequest
 }

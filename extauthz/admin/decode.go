@@ -95,7 +95,7 @@ func (b *refreshBody) grace() (time.Duration, *apiError) {
 func readJSON(r *http.Request, max int64, dst any, allowEmpty bool) *apiError {
 	ct := r.Header.Get("Content-Type")
 	if ct != "" && !isJSON(ct) {
-		return &apiError{Code: "unsupported_media_type", Message: "Content-Type must be application/json", code: http.StatusUnsupportedMediaType}
+		return &apiError{Code: "unsupported_media_type", Message: "Content-Type must be application/json", http: http.StatusUnsupportedMediaType}
 	}
 	body, e := readBody(r.Body, max)
 	if e != nil {
@@ -105,7 +105,7 @@ func readJSON(r *http.Request, max int64, dst any, allowEmpty bool) *apiError {
 		return nil
 	}
 	if ct == "" {
-		return &apiError{Code: "unsupported_media_type", Message: "Content-Type must be application/json", code: http.StatusUnsupportedMediaType}
+		return &apiError{Code: "unsupported_media_type", Message: "Content-Type must be application/json", http: http.StatusUnsupportedMediaType}
 	}
 	return decodeJSON(body, dst)
 }
@@ -125,7 +125,7 @@ func readBody(rc io.Reader, max int64) ([]byte, *apiError) {
 		return nil, &apiError{Code: "invalid", Field: "body", Message: "body: could not be read"}
 	}
 	if int64(len(b)) > max {
-		return nil, &apiError{Code: "too_large", Field: "body", Message: fmt.Sprintf("body: larger than %d bytes", max), code: http.StatusRequestEntityTooLarge}
+		return nil, &apiError{Code: "too_large", Field: "body", Message: fmt.Sprintf("body: larger than %d bytes", max), http: http.StatusRequestEntityTooLarge}
 	}
 	return b, nil
 }
@@ -164,12 +164,26 @@ func decodeJSON(b []byte, dst any) *apiError {
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 		f, uerr := strconv.Unquote(name)
-		if uerr != nil || f == "" {
-			f = "body"
+		if uerr != nil || !plausibleField(f) {
+			return invalid("body", "holds an unknown field") // not echoed: it could be anything, a secret too
 		}
 		return &apiError{Code: "invalid", Field: f, Message: f + ": unknown field"}
 	}
 	return invalid("body", "not valid JSON for this request")
+}
+
+// plausibleField reports whether an unknown field's name is short and plain enough to echo.
+func plausibleField(f string) bool {
+	if f == "" || len(f) > 32 {
+		return false
+	}
+	for i := 0; i < len(f); i++ {
+		c := f[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // topField returns the top-level field of a dotted JSON path ("metadata.x" → "metadata").

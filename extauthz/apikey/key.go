@@ -41,7 +41,7 @@ type Key struct {
 // Valid reports why the key cannot be used at now, or nil when it can.
 func (k *Key) Valid(now time.Time) error {
 	switch {
-	case !k.RevokedAt.IsZero() && !now.Before(k.RevokedAt):
+	case !k.RevokedAt.IsZero(): // any revocation counts at once, whatever the writer's clock said
 		return ErrRevoked
 	case !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt):
 		return ErrExpired

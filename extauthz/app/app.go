@@ -30,9 +30,12 @@ import (
 
 	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz"
+	"github.com/keyauthz/keyauthz/extauthz/admin"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/keycache"
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
+	"github.com/keyauthz/keyauthz/extauthz/store/postgres"
+	"github.com/keyauthz/keyauthz/extauthz/usage"
 )
 
 // AuthService is the gRPC service name health reports on besides "".
@@ -56,6 +59,8 @@ type App struct {
 	follower *keycache.Follower
 	limiter  interface{ Close() error }
 	check    *extauthz.Service
+	usage    *usage.Recorder
+	admin    *admin.Handler
 	health   *health.Server
 	grpc     *grpc.Server
 	http     *http.Server
@@ -93,7 +98,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	}
 	a.store = opt.Store
 	if a.store == nil {
-		if a.store, err = openStore(ctx, cfg.Store.URL, log.Named("store")); err != nil {
+		if a.store, err = openStore(ctx, &cfg, log.Named("store")); err != nil {
 			return nil, fmt.Errorf("open store %s: %w", redactURL(cfg.Store.URL), err)
 		}
 	}
@@ -120,6 +125,22 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, err
 	}
 	a.bg = newBackground(a.store, a.cache, a.hasher, log.Named("bg"))
+	if a.usage, err = usage.New(a.store, cfg.Store.TouchInterval, log.Named("usage")); err != nil {
+		return nil, err
+	}
+	if len(cfg.Admin.Tokens) > 0 {
+		toks, err := admin.TokensFromConfig(cfg.Admin.Tokens)
+		if err != nil {
+			return nil, err
+		}
+		mgr, err := apikey.NewManager(a.store, a.format, a.hasher, MaxKeys(&cfg))
+		if err != nil {
+			return nil, err
+		}
+		if a.admin, err = admin.New(mgr, toks, admin.Options{MaxBody: cfg.Admin.MaxBody, OnChange: a.follower.Poll}, log.Named("admin")); err != nil {
+			return nil, err
+		}
+	}
 	wsRate := map[string]apikey.Rate{}
 	for name, w := range cfg.Workspaces {
 		wsRate[name] = w.RateLimit
@@ -130,7 +151,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		Templates: cfg.Ownership.PathTemplates, DefaultRate: cfg.RateLimit.Default, WorkspaceRate: wsRate,
 		Body: cfg.Response.Body, Realm: cfg.Response.Realm, RateHeaders: cfg.Response.RateHeader,
 		ResetUnix: cfg.Response.Reset == "unix", OnLimiterErr: cfg.RateLimit.OnError,
-		RevokedUse: a.bg.revokedUse, Rehash: a.bg.rehash,
+		RevokedUse: a.bg.revokedUse, Rehash: a.bg.rehash, Used: a.usage.Used,
 	}, log)
 	if err != nil {
 		return nil, err
@@ -177,7 +198,17 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	run(a.watchStore)
 	run(func(ctx context.Context) { _ = a.follower.Run(ctx) })
+	if pg, ok := a.store.(*postgres.Store); ok { // push: evict on NOTIFY; polling stays the backstop
+		run(func(ctx context.Context) {
+			_ = pg.Listen(ctx, func() {
+				if err := a.follower.Poll(ctx); err != nil && ctx.Err() == nil {
+					log.Debug("poll after notify", zap.Error(err))
+				}
+			})
+		})
+	}
 	run(a.bg.run)
+	run(a.usage.Run)
 	log.Info("serving", zap.String("grpc", a.glis.Addr().String()), zap.String("http", a.hlis.Addr().String()),
 		zap.String("store", redactURL(a.cfg.Store.URL)), zap.String("ratelimit", a.cfg.RateLimit.Backend))
 
@@ -207,6 +238,11 @@ func (a *App) Run(ctx context.Context) error {
 	stop()
 	wg.Wait()
 	a.bg.flush()
+	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := a.usage.Flush(fctx); err != nil {
+		log.Warn("flush last-used times", zap.Error(err))
+	}
+	cancel()
 	a.closeAll()
 	log.Info("stopped")
 	return err
@@ -289,6 +325,9 @@ func (a *App) routes() http.Handler {
 		}
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	if a.admin != nil {
+		mux.Handle("/v1/", a.admin)
+	}
 	if a.cfg.HTTP.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

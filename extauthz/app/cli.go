@@ -2,40 +2,42 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/keyauthz/keyauthz/config"
+	"github.com/keyauthz/keyauthz/extauthz/admin"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
 
 // Version is set at build time with -ldflags "-X …/app.Version=…".
 var Version = "dev"
 
-const usage = `usage:
+const usageText = `usage:
   keyauthz serve [--config FILE] [--grpc-listen ADDR] [--http-listen ADDR] [--store URL]
   keyauthz keys create  --workspace W --name N [--expires-in 720h] [--rate-limit 600/m] [--grant org1,org2] [--json]
   keyauthz keys list    --workspace W [--json]
   keyauthz keys refresh KEY_ID [--grace 0s] [--json]
   keyauthz keys delete  KEY_ID
+  keyauthz audit --workspace W [--json]
   keyauthz check --key K|- [--path /v1/...] [--server ADDR]
   keyauthz version
 Every command takes --config FILE and --store URL and reads the same pepper as serve.
+The keys and audit commands talk to a running server's admin API instead with
+--server http://HOST:9002 --token-file FILE (refresh and delete then need --workspace).
 `
 
 // Main runs one keyauthz command and returns the process exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, log *zap.Logger, lvl zap.AtomicLevel) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usageText)
 		return 2
 	}
 	c := &cli{ctx: ctx, in: stdin, out: stdout, err: stderr, log: log, lvl: lvl}
@@ -45,7 +47,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		err = c.serve(args[1:])
 	case "keys":
 		if len(args) < 2 {
-			fmt.Fprint(stderr, usage)
+			fmt.Fprint(stderr, usageText)
 			return 2
 		}
 		switch args[1] {
@@ -60,12 +62,14 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		default:
 			err = usageError("unknown keys command " + args[1])
 		}
+	case "audit":
+		err = c.audit(args[1:])
 	case "check":
 		err = c.check(args[1:])
 	case "version":
 		fmt.Fprintln(stdout, "keyauthz", Version)
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usageText)
 	default:
 		err = usageError("unknown command " + args[0])
 	}
@@ -74,7 +78,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	case err == nil:
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "keyauthz: %s\n%s", err, usage)
+		fmt.Fprintf(stderr, "keyauthz: %s\n%s", err, usageText)
 		return 2
 	case errors.Is(err, errDenied):
 		return 1
@@ -100,8 +104,20 @@ type cli struct {
 
 // common flags every command shares.
 type common struct {
-	config string
-	store  string
+	config    string
+	store     string
+	server    string // admin API base URL (keys, audit)
+	tokenFile string
+}
+
+// keyFlags adds the flags of the keys and audit commands.
+func (c *cli) keyFlags(name string, co *common, ws *string, asJSON *bool) *flag.FlagSet {
+	fs := c.flags(name, co)
+	fs.StringVar(ws, "workspace", "", "workspace (account) the key belongs to")
+	fs.BoolVar(asJSON, "json", false, "print JSON")
+	fs.StringVar(&co.server, "server", "", "admin API base URL of a running server, e.g. http://127.0.0.1:9002")
+	fs.StringVar(&co.tokenFile, "token-file", "", "file holding the admin token (with --server)")
+	return fs
 }
 
 func (c *cli) flags(name string, co *common) *flag.FlagSet {
@@ -180,32 +196,6 @@ func (c *cli) serve(args []string) error {
 	return a.Run(c.ctx)
 }
 
-// manager opens the configured store with a key Manager over it.
-func (c *cli) manager(co common) (*apikey.Manager, func(), error) {
-	cfg, embedded, err := c.load(co)
-	if err != nil {
-		return nil, nil, err
-	}
-	h, err := peppers(&cfg, embedded, c.log)
-	if err != nil {
-		return nil, nil, err
-	}
-	f, err := apikey.NewFormat(cfg.Keys.Prefix, cfg.Keys.MaxLength, cfg.Keys.Imported)
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := openStore(c.ctx, cfg.Store.URL, c.log.Named("store"))
-	if err != nil {
-		return nil, nil, fmt.Errorf("open store %s: %w", redactURL(cfg.Store.URL), err)
-	}
-	m, err := apikey.NewManager(s, f, h, MaxKeys(&cfg))
-	if err != nil {
-		s.Close()
-		return nil, nil, err
-	}
-	return m, func() { s.Close() }, nil
-}
-
 // MaxKeys returns the per-workspace key limit function the config describes.
 func MaxKeys(cfg *config.Config) func(string) int {
 	return func(ws string) int {
@@ -220,13 +210,11 @@ func (c *cli) keysCreate(args []string) error {
 	var co common
 	var ws, name, expires, rate, grants string
 	var asJSON bool
-	fs := c.flags("keys create", &co)
-	fs.StringVar(&ws, "workspace", "", "workspace (account) the key belongs to")
+	fs := c.keyFlags("keys create", &co, &ws, &asJSON)
 	fs.StringVar(&name, "name", "", "key name, unique in the workspace")
 	fs.StringVar(&expires, "expires-in", "", "lifetime, e.g. 720h")
 	fs.StringVar(&rate, "rate-limit", "", "rate limit override, e.g. 600/m")
 	fs.StringVar(&grants, "grant", "", "extra resources, comma-separated")
-	fs.BoolVar(&asJSON, "json", false, "print JSON")
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -250,24 +238,16 @@ func (c *cli) keysCreate(args []string) error {
 	if grants != "" {
 		spec.Grants = strings.Split(grants, ",")
 	}
-	m, done, err := c.manager(co)
+	ops, err := c.ops(co)
 	if err != nil {
 		return err
 	}
-	defer done()
-	k, secret, err := m.Create(c.ctx, spec, "cli")
+	defer ops.close()
+	v, err := ops.create(c.ctx, spec)
 	if err != nil {
 		return explain(err, ws)
 	}
-	return c.printSecret(k, secret, asJSON, "Created")
-}
-
-func (c *cli) printSecret(k apikey.Key, secret string, asJSON bool, verb string) error {
-	if asJSON {
-		return json.NewEncoder(c.out).Encode(apikey.NewView(k, secret))
-	}
-	fmt.Fprintf(c.out, "%s key %s (%s) in workspace %s.\nSecret, shown only once, store it now:\n%s\n", verb, k.ID, k.Display, k.Workspace, secret)
-	return nil
+	return admin.PrintSecret(c.out, v, asJSON, "Created")
 }
 
 // explain turns store errors into messages a person can act on.
@@ -292,62 +272,32 @@ func (c *cli) keysList(args []string) error {
 	var co common
 	var ws string
 	var asJSON bool
-	fs := c.flags("keys list", &co)
-	fs.StringVar(&ws, "workspace", "", "workspace to list")
-	fs.BoolVar(&asJSON, "json", false, "print JSON")
+	fs := c.keyFlags("keys list", &co, &ws, &asJSON)
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if ws == "" {
 		return usageError("keys list: --workspace is required")
 	}
-	m, done, err := c.manager(co)
+	ops, err := c.ops(co)
 	if err != nil {
 		return err
 	}
-	defer done()
-	var items []apikey.View
-	after := ""
-	for {
-		page, err := m.Store().List(c.ctx, ws, after, 500)
-		if err != nil {
-			return err
-		}
-		for _, k := range page {
-			items = append(items, apikey.NewView(k, ""))
-		}
-		if len(page) < 500 {
-			break
-		}
-		after = page[len(page)-1].ID
+	defer ops.close()
+	items, err := ops.list(c.ctx, ws)
+	if err != nil {
+		return err
 	}
-	if asJSON {
-		if items == nil {
-			items = []apikey.View{}
-		}
-		return json.NewEncoder(c.out).Encode(map[string]any{"items": items})
-	}
-	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tDISPLAY\tCREATED\tLAST USED\tEXPIRES")
-	ts := func(t *time.Time) string {
-		if t == nil {
-			return "-"
-		}
-		return t.Format(time.RFC3339)
-	}
-	for _, v := range items {
-		fmt.Fprintf(tw, "%s\t%s\t%s…\t%s\t%s\t%s\n", v.ID, v.Name, v.Display, v.CreatedAt.Format(time.RFC3339), ts(v.LastUsedAt), ts(v.ExpiresAt))
-	}
-	return tw.Flush()
+	return admin.PrintKeys(c.out, items, asJSON)
 }
 
 func (c *cli) keysRefresh(args []string) error {
 	var co common
+	var ws string
 	var grace time.Duration
 	var asJSON bool
-	fs := c.flags("keys refresh", &co)
+	fs := c.keyFlags("keys refresh", &co, &ws, &asJSON)
 	fs.DurationVar(&grace, "grace", 0, "keep the old secret valid this long (default: invalid at once)")
-	fs.BoolVar(&asJSON, "json", false, "print JSON")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -355,21 +305,23 @@ func (c *cli) keysRefresh(args []string) error {
 	if len(pos) != 1 {
 		return usageError("keys refresh takes one KEY_ID")
 	}
-	m, done, err := c.manager(co)
+	ops, err := c.ops(co)
 	if err != nil {
 		return err
 	}
-	defer done()
-	k, secret, err := m.Refresh(c.ctx, pos[0], grace, "cli")
+	defer ops.close()
+	v, err := ops.refresh(c.ctx, ws, pos[0], grace)
 	if err != nil {
-		return explain(err, "")
+		return explain(err, ws)
 	}
-	return c.printSecret(k, secret, asJSON, "Refreshed")
+	return admin.PrintSecret(c.out, v, asJSON, "Refreshed")
 }
 
 func (c *cli) keysDelete(args []string) error {
 	var co common
-	fs := c.flags("keys delete", &co)
+	var ws string
+	var asJSON bool
+	fs := c.keyFlags("keys delete", &co, &ws, &asJSON)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -377,16 +329,39 @@ func (c *cli) keysDelete(args []string) error {
 	if len(pos) != 1 {
 		return usageError("keys delete takes one KEY_ID")
 	}
-	m, done, err := c.manager(co)
+	ops, err := c.ops(co)
 	if err != nil {
 		return err
 	}
-	defer done()
-	if err := m.Delete(c.ctx, pos[0], "cli"); err != nil {
-		return explain(err, "")
+	defer ops.close()
+	if err := ops.delete(c.ctx, ws, pos[0]); err != nil {
+		return explain(err, ws)
 	}
 	fmt.Fprintf(c.out, "Deleted key %s.\n", pos[0])
 	return nil
+}
+
+func (c *cli) audit(args []string) error {
+	var co common
+	var ws string
+	var asJSON bool
+	fs := c.keyFlags("audit", &co, &ws, &asJSON)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if ws == "" {
+		return usageError("audit: --workspace is required")
+	}
+	ops, err := c.ops(co)
+	if err != nil {
+		return err
+	}
+	defer ops.close()
+	events, err := ops.audit(c.ctx, ws)
+	if err != nil {
+		return err
+	}
+	return admin.PrintAudit(c.out, events, asJSON)
 }
 
 // readKey reads a key given as "-" from stdin, so it stays out of argv.

@@ -8,13 +8,16 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/store/file"
+	"github.com/keyauthz/keyauthz/extauthz/store/postgres"
 	"github.com/keyauthz/keyauthz/extauthz/store/sqlite"
 )
 
 // openStore opens the store a URL names: sqlite://, file:// or postgres://.
-func openStore(ctx context.Context, url string, log *zap.Logger) (apikey.Store, error) {
+func openStore(ctx context.Context, cfg *config.Config, log *zap.Logger) (apikey.Store, error) {
+	url := cfg.Store.URL
 	switch {
 	case strings.HasPrefix(url, "sqlite://"):
 		p, err := sqlitePath(url)
@@ -28,6 +31,8 @@ func openStore(ctx context.Context, url string, log *zap.Logger) (apikey.Store, 
 			return nil, fmt.Errorf("store url %q: want file:///path/keys.yaml", url)
 		}
 		return file.Open(ctx, p, log)
+	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
+		return postgres.Open(ctx, url, log, postgres.Options{MaxConns: cfg.Store.MaxConns, StatementTimeout: cfg.Store.StatementTimeout})
 	}
 	return nil, fmt.Errorf("store url: unsupported scheme in %q", redactURL(url))
 }

@@ -56,6 +56,31 @@ type KeyauthzOptions struct {
 	// Extra is YAML appended to the generated config, e.g. an ownership: block;
 	// it must not repeat the generated top-level keys (grpc, http, store, pepper, log).
 	Extra string
+	// StoreURL replaces the private SQLite store (e.g. a shared postgres:// URL).
+	StoreURL string
+	// PepperFile replaces the fresh private pepper (replicas sharing a store share it).
+	PepperFile string
+}
+
+// BackendEnv selects the stores StartKeyauthz uses when the options name none:
+// "sqlite" (default: a private SQLite file, local limiter) or "postgres-redis"
+// (a private PostgreSQL database and Redis server, redis limiter).
+const BackendEnv = "KEYAUTHZ_E2E_BACKEND"
+
+// applyBackend fills o from BackendEnv, starting PostgreSQL and Redis as needed.
+func applyBackend(t testing.TB, o *KeyauthzOptions) {
+	switch b := os.Getenv(BackendEnv); b {
+	case "", "sqlite":
+	case "postgres-redis":
+		if o.StoreURL == "" {
+			o.StoreURL = StartPostgres(t).URL()
+		}
+		if !strings.Contains(o.Extra, "ratelimit:") {
+			o.Extra += fmt.Sprintf("ratelimit:\n  backend: redis\n  redis: {addrs: [%q]}\n", StartRedis(t).Addr())
+		}
+	default:
+		t.Fatalf("%s=%q: want sqlite or postgres-redis", BackendEnv, b)
+	}
 }
 
 // Keyauthz is a keyauthz server run from the built binary, with its own SQLite
@@ -90,12 +115,19 @@ func StartKeyauthz(t testing.TB, o KeyauthzOptions) *Keyauthz {
 	k := &Keyauthz{Bin: KeyauthzBin(t), Dir: t.TempDir()}
 	k.Config = filepath.Join(k.Dir, "keyauthz.yaml")
 	k.Log = filepath.Join(k.Dir, "keyauthz.log")
-	pepper := make([]byte, 48)
-	if _, err := rand.Read(pepper); err != nil {
-		t.Fatalf("pepper: %v", err)
+	applyBackend(t, &o)
+	if o.PepperFile == "" {
+		o.PepperFile = filepath.Join(k.Dir, "pepper")
+		pepper := make([]byte, 48)
+		if _, err := rand.Read(pepper); err != nil {
+			t.Fatalf("pepper: %v", err)
+		}
+		if err := os.WriteFile(o.PepperFile, pepper, 0o600); err != nil {
+			t.Fatalf("write pepper: %v", err)
+		}
 	}
-	if err := os.WriteFile(filepath.Join(k.Dir, "pepper"), pepper, 0o600); err != nil {
-		t.Fatalf("write pepper: %v", err)
+	if o.StoreURL == "" {
+		o.StoreURL = "sqlite://" + filepath.Join(k.Dir, "keys.db")
 	}
 	if o.Unix {
 		k.GRPCAddr = "unix://" + filepath.Join(k.Dir, "grpc.sock")
@@ -115,7 +147,7 @@ pepper:
   versions: [{version: 1, file: %q}]
 log:
   level: debug
-%s`, k.GRPCAddr, k.HTTPAddr, "sqlite://"+filepath.Join(k.Dir, "keys.db"), filepath.Join(k.Dir, "pepper"), o.Extra)
+%s`, k.GRPCAddr, k.HTTPAddr, o.StoreURL, o.PepperFile, o.Extra)
 	if err := os.WriteFile(k.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatalf("write keyauthz config: %v", err)
 	}

@@ -1,0 +1,220 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyauthz/keyauthz/config"
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+)
+
+func TestNewClientValidates(t *testing.T) {
+	for _, tc := range []struct{ base, token string }{
+		{"", opsToken},
+		{"127.0.0.1:9002", opsToken},
+		{"ftp://host", opsToken},
+		{"http://", opsToken},
+		{"http://127.0.0.1:9002", "  \n"},
+	} {
+		if _, err := NewClient(tc.base, tc.token, nil); err == nil {
+			t.Errorf("NewClient(%q, %q) succeeded", tc.base, tc.token)
+		}
+	}
+}
+
+// The client drives the whole lifecycle through the real server and maps error
+// answers to the apikey errors the CLI explains.
+func TestClient(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	ctx := context.Background()
+	c, err := NewClient(e.srv.URL+"/", opsToken+"\n", e.srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	k, err := c.Create(ctx, "acme", CreateRequest{Name: "ci", ExpiresAt: &exp, RateLimit: "600/m", Grants: []string{"org1"}, Metadata: map[string]string{"a": "b"}})
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	if k.Key == "" || k.Workspace != "acme" || k.ExpiresAt == nil || !k.ExpiresAt.Equal(exp) || k.RateLimit != "600/m" {
+		t.Errorf("Create = %+v", k)
+	}
+	if !e.allowed(k.Key) {
+		t.Error("created key denied")
+	}
+	for i := range 4 {
+		if _, err := c.Create(ctx, "acme", CreateRequest{Name: fmt.Sprintf("k%d", i), ExpiresInSeconds: 60}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := c.List(ctx, "acme", "", 2)
+	if err != nil || len(p.Items) != 2 || p.NextCursor == "" {
+		t.Fatalf("List page = %+v, %v", p, err)
+	}
+	all, err := c.ListAll(ctx, "acme")
+	if err != nil || len(all) != 5 {
+		t.Fatalf("ListAll = %d keys, %v; want 5", len(all), err)
+	}
+	for _, v := range all {
+		if v.Key != "" {
+			t.Errorf("ListAll returned a secret for %s", v.ID)
+		}
+	}
+	g, err := c.Get(ctx, "acme", k.ID)
+	if err != nil || g.ID != k.ID || g.Key != "" {
+		t.Errorf("Get = %+v, %v", g, err)
+	}
+	r, err := c.Refresh(ctx, "acme", k.ID, 1500*time.Millisecond) // rounded up to 2 s
+	if err != nil || r.Key == "" || r.Key == k.Key {
+		t.Fatalf("Refresh = %+v, %v", r, err)
+	}
+	evs, _ := e.store.Events(ctx, "acme", 0, 0)
+	if last := evs[len(evs)-1]; last.Kind != "refreshed" || last.Detail != "grace 2s" || last.Actor != "ops" {
+		t.Errorf("refresh audit event %+v, want grace 2s by ops", last)
+	}
+	r2, err := c.Refresh(ctx, "acme", k.ID, 0)
+	if err != nil || r2.Key == r.Key {
+		t.Fatalf("Refresh without grace = %+v, %v", r2, err)
+	}
+	if e.allowed(r.Key) {
+		t.Error("secret replaced without grace still allowed")
+	}
+	if err := c.Delete(ctx, "acme", k.ID); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	ap, err := c.Audit(ctx, "acme", "", 2)
+	if err != nil || len(ap.Items) != 2 || ap.NextCursor == "" {
+		t.Fatalf("Audit page = %+v, %v", ap, err)
+	}
+	events, err := c.AuditAll(ctx, "acme")
+	var kinds []string
+	for _, ev := range events {
+		kinds = append(kinds, ev.Kind)
+	}
+	if want := "created,created,created,created,created,refreshed,refreshed,deleted"; err != nil || strings.Join(kinds, ",") != want {
+		t.Errorf("AuditAll = %v, %v; want %s", kinds, err, want)
+	}
+
+	// Errors carry the server's message and map to apikey errors.
+	_, err = c.Get(ctx, "acme", k.ID)
+	var ae *Error
+	if !errors.Is(err, apikey.ErrNotFound) || !errors.As(err, &ae) || ae.Status != 404 || ae.Error() != "API key not found" {
+		t.Errorf("Get(deleted) error = %v", err)
+	}
+	_, err = c.Create(ctx, "acme", CreateRequest{Name: "k0"})
+	if !errors.Is(err, apikey.ErrNameTaken) {
+		t.Errorf("Create(duplicate) error = %v, want ErrNameTaken", err)
+	}
+	_, err = c.Create(ctx, "acme", CreateRequest{Name: "x", RateLimit: "lots"})
+	var fe *apikey.FieldError
+	if !errors.As(err, &fe) || fe.Field != "rate_limit" || strings.HasPrefix(fe.Msg, "rate_limit") {
+		t.Errorf("Create(bad rate) error = %v (%+v), want a FieldError for rate_limit", err, fe)
+	}
+	for i := range 6 {
+		if _, err := c.Create(ctx, "acme", CreateRequest{Name: fmt.Sprintf("fill%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = c.Create(ctx, "acme", CreateRequest{Name: "eleventh"})
+	if !errors.Is(err, apikey.ErrLimit) || !strings.Contains(err.Error(), "maximum") {
+		t.Errorf("Create(11th) error = %v, want ErrLimit with the server's message", err)
+	}
+	if _, err := c.Refresh(ctx, "acme", k.ID, -time.Second); err == nil {
+		t.Error("Refresh with a negative grace succeeded")
+	}
+	bad, _ := NewClient(e.srv.URL, "not-the-token-at-all", e.srv.Client())
+	if _, err := bad.ListAll(ctx, "acme"); !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+		t.Errorf("wrong token: %v, want a 401 Error", err)
+	}
+	down, _ := NewClient("http://127.0.0.1:1", opsToken, nil)
+	if _, err := down.Get(ctx, "acme", "key_x"); err == nil || strings.Contains(err.Error(), opsToken) {
+		t.Errorf("unreachable server: %v", err)
+	}
+}
+
+func TestPrinters(t *testing.T) {
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	v := apikey.View{ID: "key_a", Workspace: "acme", Name: "ci", Display: "kz_abcd", CreatedAt: at, LastUsedAt: &at}
+	var b bytes.Buffer
+	if err := PrintKeys(&b, []apikey.View{v}, false); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.String(); !strings.Contains(s, "key_a") || !strings.Contains(s, "kz_abcd…") || !strings.Contains(s, "2030-01-02T03:04:05Z") {
+		t.Errorf("PrintKeys table:\n%s", s)
+	}
+	b.Reset()
+	_ = PrintKeys(&b, nil, true)
+	if strings.TrimSpace(b.String()) != `{"items":[]}` {
+		t.Errorf("PrintKeys JSON of none = %s", b.String())
+	}
+	b.Reset()
+	v.Key = "kz_secret"
+	_ = PrintSecret(&b, v, false, "Created")
+	if s := b.String(); !strings.HasPrefix(s, "Created key key_a") || !strings.Contains(s, "kz_secret") {
+		t.Errorf("PrintSecret:\n%s", s)
+	}
+	b.Reset()
+	evs := Events([]apikey.Event{{Seq: 7, At: at, Kind: "refreshed", Workspace: "acme", KeyID: "key_a", Actor: "ops", Detail: "grace 1m0s"}})
+	_ = PrintAudit(&b, evs, false)
+	if s := b.String(); !strings.Contains(s, "7") || !strings.Contains(s, "refreshed") || !strings.Contains(s, "grace 1m0s") || !strings.Contains(s, "ops") {
+		t.Errorf("PrintAudit table:\n%s", s)
+	}
+	b.Reset()
+	_ = PrintAudit(&b, evs, true)
+	var got struct{ Items []Event }
+	if err := json.Unmarshal(b.Bytes(), &got); err != nil || len(got.Items) != 1 || got.Items[0].Seq != 7 || got.Items[0].KeyID != "key_a" {
+		t.Errorf("PrintAudit JSON = %s (%v)", b.String(), err)
+	}
+}
+
+func TestTokens(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "token")
+	if err := os.WriteFile(file, []byte(opsToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := ReadTokenFile(file); err != nil || tok != opsToken {
+		t.Errorf("ReadTokenFile = %q, %v", tok, err)
+	}
+	empty := filepath.Join(dir, "empty")
+	_ = os.WriteFile(empty, []byte("\n"), 0o600)
+	if _, err := ReadTokenFile(empty); err == nil {
+		t.Error("ReadTokenFile(empty) succeeded")
+	}
+	if _, err := ReadTokenFile(filepath.Join(dir, "missing")); err == nil {
+		t.Error("ReadTokenFile(missing) succeeded")
+	}
+
+	t.Setenv("KEYAUTHZ_TEST_ADMIN_TOKEN", ciToken)
+	toks, err := TokensFromConfig([]config.Token{{Name: "ops", File: file}, {Name: "ci", Env: "KEYAUTHZ_TEST_ADMIN_TOKEN"}})
+	if err != nil || len(toks) != 2 || string(toks[0].Secret) != opsToken || toks[1].Name != "ci" || string(toks[1].Secret) != ciToken {
+		t.Fatalf("TokensFromConfig = %+v, %v", toks, err)
+	}
+	short := filepath.Join(dir, "short")
+	_ = os.WriteFile(short, []byte("abc"), 0o600)
+	for _, tc := range []struct {
+		tok  config.Token
+		path string
+	}{
+		{config.Token{Name: "a", File: filepath.Join(dir, "missing")}, "admin.tokens[0].file"},
+		{config.Token{Name: "a", Env: "KEYAUTHZ_TEST_UNSET_VARIABLE"}, "admin.tokens[0].env"},
+		{config.Token{Name: "a", File: short}, "admin.tokens[0]"},
+	} {
+		_, err := TokensFromConfig([]config.Token{tc.tok})
+		var fe *config.FieldError
+		if !errors.As(err, &fe) || fe.Path != tc.path {
+			t.Errorf("TokensFromConfig(%+v) = %v, want an error at %s", tc.tok, err, tc.path)
+		} else if strings.Contains(err.Error(), "abc") {
+			t.Errorf("error holds the token: %v", err)
+		}
+	}
+}

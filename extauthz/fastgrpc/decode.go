@@ -1,0 +1,298 @@
+package fastgrpc
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"unicode/utf8"
+	"unsafe"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/keyauthz/keyauthz/extauthz"
+)
+
+// errMalformed is returned for bytes that are not a well-formed CheckRequest.
+var errMalformed = errors.New("malformed CheckRequest")
+
+// Field numbers of the CheckRequest parts the decision reads.
+const (
+	fAttributes        = 1  // CheckRequest.attributes
+	fRequest           = 4  // AttributeContext.request
+	fContextExtensions = 10 // AttributeContext.context_extensions (map<string,string>)
+	fHTTP              = 2  // AttributeContext.Request.http
+	fHeaders           = 3  // HttpRequest.headers (map<string,string>)
+	fPath              = 4  // HttpRequest.path
+	fHeaderMap         = 13 // HttpRequest.header_map
+	fHeaderMapHeaders  = 1  // HeaderMap.headers
+	fKey               = 1  // map entry key, HeaderValue.key
+	fValue             = 2  // map entry value, HeaderValue.value
+	fRawValue          = 3  // HeaderValue.raw_value
+)
+
+// maxPooled bounds the pairs a pooled request keeps capacity for, so one
+// oversized request does not pin its buffers in the pool.
+const maxPooled = 256
+
+// request holds what the decision reads from one CheckRequest, decoded in place:
+// its strings alias the message bytes and are valid only while those are.
+type request struct {
+	path       string
+	headers    []extauthz.KV // the headers map, or header_map folded and joined
+	ext        []extauthz.KV // context_extensions, last wire entry first
+	hmap       []extauthz.KV // header_map entries as sent (value, else raw_value)
+	hasHeaders bool          // the headers map was present (Check then ignores header_map)
+}
+
+// decode reads b, a serialized CheckRequest, with proto.Unmarshal's semantics:
+// fields repeated on the wire merge (last scalar wins, later map entries win),
+// known fields of an unexpected wire type and unknown fields (groups included)
+// are skipped, and truncated or otherwise malformed input is an error. Unlike
+// proto.Unmarshal it does not reject invalid UTF-8 in string fields.
+func (r *request) decode(b []byte) error {
+	r.reset()
+	for len(b) > 0 {
+		num, v, rest, ok := next(b)
+		if !ok {
+			return errMalformed
+		}
+		b = rest
+		if num == fAttributes && !r.attributes(v) {
+			return errMalformed
+		}
+	}
+	if !r.hasHeaders {
+		r.headers = joinFolded(r.headers[:0], r.hmap)
+	}
+	// extauthz looks extensions up first-match; the proto map keeps the last entry.
+	slices.Reverse(r.ext)
+	return nil
+}
+
+// reset empties r, dropping references to the previous message's bytes.
+func (r *request) reset() {
+	r.path, r.hasHeaders = "", false
+	r.headers = clearPairs(r.headers)
+	r.ext = clearPairs(r.ext)
+	r.hmap = clearPairs(r.hmap)
+}
+
+func clearPairs(p []extauthz.KV) []extauthz.KV {
+	if cap(p) > maxPooled {
+		return nil
+	}
+	clear(p)
+	return p[:0]
+}
+
+// next splits the first field off b. A length-delimited field is returned with
+// its number and contents; any other field is skipped and reported as number 0.
+func next(b []byte) (num protowire.Number, v, rest []byte, ok bool) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 || num > protowire.MaxValidNumber {
+		return 0, nil, nil, false
+	}
+	b = b[n:]
+	if typ == protowire.BytesType {
+		v, n = protowire.ConsumeBytes(b)
+		if n < 0 {
+			return 0, nil, nil, false
+		}
+		return num, v, b[n:], true
+	}
+	if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+		return 0, nil, nil, false
+	}
+	return 0, nil, b[n:], true
+}
+
+// str views b as a string without copying.
+func str(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+func (r *request) attributes(b []byte) bool {
+	for len(b) > 0 {
+		num, v, rest, ok := next(b)
+		if !ok {
+			return false
+		}
+		b = rest
+		switch num {
+		case fRequest:
+			if !r.request(v) {
+				return false
+			}
+		case fContextExtensions:
+			k, val, ok := entry(v)
+			if !ok {
+				return false
+			}
+			r.ext = append(r.ext, extauthz.KV{K: k, V: val})
+		}
+	}
+	return true
+}
+
+func (r *request) request(b []byte) bool {
+	for len(b) > 0 {
+		num, v, rest, ok := next(b)
+		if !ok {
+			return false
+		}
+		b = rest
+		if num == fHTTP && !r.http(v) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *request) http(b []byte) bool {
+	for len(b) > 0 {
+		num, v, rest, ok := next(b)
+		if !ok {
+			return false
+		}
+		b = rest
+		switch num {
+		case fHeaders:
+			k, val, ok := entry(v)
+			if !ok {
+				return false
+			}
+			r.headers = append(r.headers, extauthz.KV{K: k, V: val})
+			r.hasHeaders = true
+		case fPath:
+			r.path = str(v)
+		case fHeaderMap:
+			if !r.headerMap(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (r *request) headerMap(b []byte) bool {
+	for len(b) > 0 {
+		num, v, rest, ok := next(b)
+		if !ok {
+			return false
+		}
+		b = rest
+		if num != fHeaderMapHeaders {
+			continue
+		}
+		var key, val, raw string
+		for len(v) > 0 {
+			n, f, more, ok := next(v)
+			if !ok {
+				return false
+			}
+			v = more
+			switch n {
+			case fKey:
+				key = str(f)
+			case fValue:
+				val = str(f)
+			case fRawValue:
+				raw = str(f)
+			}
+		}
+		if val == "" {
+			val = raw // as extauthz reads header_map: value, else raw_value
+		}
+		r.hmap = append(r.hmap, extauthz.KV{K: key, V: val})
+	}
+	return true
+}
+
+// entry decodes one map<string,string> entry; absent fields are "".
+func entry(b []byte) (k, v string, ok bool) {
+	for len(b) > 0 {
+		num, f, rest, ok := next(b)
+		if !ok {
+			return "", "", false
+		}
+		b = rest
+		switch num {
+		case fKey:
+			k = str(f)
+		case fValue:
+			v = str(f)
+		}
+	}
+	return k, v, true
+}
+
+// joinFolded appends to dst the header_map entries in src as extauthz's proto
+// path reads them: names compared case-insensitively (strings.EqualFold against
+// lower-case ASCII names), repeated names joined with ',' in wire order. It
+// reorders src. Only a repeated name or a name not already lower-case ASCII
+// costs an allocation.
+func joinFolded(dst, src []extauthz.KV) []extauthz.KV {
+	for i := range src {
+		src[i].K = fold(src[i].K)
+	}
+	slices.SortStableFunc(src, func(a, b extauthz.KV) int { return strings.Compare(a.K, b.K) })
+	for i := 0; i < len(src); {
+		j := i + 1
+		n := len(src[i].V)
+		for j < len(src) && src[j].K == src[i].K {
+			n += 1 + len(src[j].V)
+			j++
+		}
+		if j == i+1 {
+			dst = append(dst, src[i])
+			i = j
+			continue
+		}
+		var sb strings.Builder
+		sb.Grow(n)
+		for k := i; k < j; k++ {
+			if k > i {
+				sb.WriteByte(',')
+			}
+			sb.WriteString(src[k].V)
+		}
+		dst = append(dst, extauthz.KV{K: src[i].K, V: sb.String()})
+		i = j
+	}
+	return dst
+}
+
+// fold maps a header name to the lower-case ASCII name it equals under
+// strings.EqualFold: ASCII letters are lowered, and the two non-ASCII runes
+// whose case orbit holds an ASCII letter (U+212A KELVIN SIGN, U+017F LATIN SMALL
+// LETTER LONG S) become 'k' and 's'. Other runes are kept (they match no
+// configured name, which is lower-case ASCII); invalid UTF-8 becomes U+FFFD.
+func fold(s string) string {
+	i := 0
+	for ; i < len(s); i++ {
+		if c := s[i]; c >= utf8.RuneSelf || 'A' <= c && c <= 'Z' {
+			break
+		}
+	}
+	if i == len(s) {
+		return s
+	}
+	var sb strings.Builder
+	sb.Grow(len(s))
+	sb.WriteString(s[:i])
+	for _, c := range s[i:] {
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case c == '\u212A':
+			c = 'k'
+		case c == '\u017F':
+			c = 's'
+		}
+		sb.WriteRune(c)
+	}
+	return sb.String()
+}

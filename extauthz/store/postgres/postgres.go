@@ -1,0 +1,859 @@
+// Package postgres is the key store shared by many replicas: PostgreSQL through
+// a pgx/v5 connection pool, with the sqlite store's schema and migrations.
+//
+// Concurrency: every write runs in one READ COMMITTED transaction. Create takes
+// a transaction-scoped advisory lock on its workspace before counting, so the
+// workspace limit holds against concurrent creates on any replica; a partial
+// unique index keeps live names unique. Writes that append to the change feed
+// take the next number from a one-row counter (UPDATE … RETURNING) as their last
+// step: the row lock serializes feed writers until commit, so Seq is gapless and
+// follows commit order, and a reader never sees Seq n+1 before n. Key writes are
+// rare, so this single point of serialization costs nothing that matters, and it
+// spares the cache follower its hole-in-the-feed grace period and cache purges.
+// Every feed append also calls pg_notify in the same transaction (delivered on
+// commit), which Listen turns into callbacks. Audit events take their Seq from
+// an identity column instead (they are written on the Check path too, and
+// nobody follows them live).
+//
+// Connection loss: a server restart or failover kills every pooled connection
+// at once. The first call that meets a dead connection resets the pool, and
+// reads (and write transactions that failed before their commit) are retried
+// once on a fresh connection, so a restart does not fail a burst of calls.
+//
+// Only digests are stored, never a secret; the URL's password never appears
+// in an error or a log line.
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+)
+
+var _ apikey.Store = (*Store)(nil)
+
+const (
+	// Channel is the LISTEN/NOTIFY channel every feed append notifies, with the Seq as payload.
+	Channel = "keyauthz_changes"
+	// defaultConnectTimeout bounds one connection attempt when the URL sets no connect_timeout.
+	defaultConnectTimeout = 5 * time.Second
+	// workspaceLocks is the first key of the two-integer advisory locks taken per
+	// workspace (the second is hashtext(workspace)).
+	workspaceLocks int32 = 0x6b7a7773 // "kzws"
+)
+
+// Options tune the connection pool; zero values keep pgx's or the server's defaults.
+type Options struct {
+	MaxConns         int32         // pool size (0: the URL's pool_max_conns or pgx's default)
+	StatementTimeout time.Duration // server-side statement_timeout per connection (0: server default)
+}
+
+// Store is an apikey.Store backed by PostgreSQL.
+type Store struct {
+	pool *pgxpool.Pool
+	conn *pgx.ConnConfig // for Listen's dedicated connection
+	log  *zap.Logger
+
+	listenIdle time.Duration // how long Listen waits for a notification before pinging
+
+	closeOnce sync.Once
+	done      chan struct{} // closed by Close
+}
+
+// Open connects to the database url names (postgres://… or a key=value DSN),
+// applies pending schema migrations and returns the store.
+func Open(ctx context.Context, url string, log *zap.Logger, opt Options) (*Store, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	safe := Redact(url)
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres url %s: %s", safe, scrub(err.Error(), passwords(url)...))
+	}
+	if opt.MaxConns < 0 || opt.StatementTimeout < 0 {
+		return nil, fmt.Errorf("postgres %s: negative max conns (%d) or statement timeout (%v)", safe, opt.MaxConns, opt.StatementTimeout)
+	}
+	if opt.MaxConns > 0 {
+		cfg.MaxConns = opt.MaxConns
+	}
+	cfg.MinConns = min(cfg.MinConns, cfg.MaxConns)
+	cc := cfg.ConnConfig
+	if opt.StatementTimeout > 0 {
+		cc.RuntimeParams["statement_timeout"] = strconv.FormatInt(max(opt.StatementTimeout.Milliseconds(), 1), 10)
+	}
+	if cc.RuntimeParams["application_name"] == "" {
+		cc.RuntimeParams["application_name"] = "keyauthz"
+	}
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = defaultConnectTimeout
+	}
+	pw := append(passwords(url), cc.Password)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, redacted(fmt.Errorf("postgres %s: %w", safe, err), pw)
+	}
+	s := &Store{
+		pool:       pool,
+		conn:       cc.Copy(),
+		log:        log.Named("postgres"),
+		listenIdle: 30 * time.Second,
+		done:       make(chan struct{}),
+	}
+	if err := s.Migrate(ctx); err != nil {
+		pool.Close()
+		return nil, redacted(fmt.Errorf("postgres %s: %w", safe, err), pw)
+	}
+	s.log.Debug("opened postgres store", zap.String("url", safe), zap.Int32("max_conns", cfg.MaxConns))
+	return s, nil
+}
+
+// Close closes the pool (waiting for connections in use to be released) and
+// ends every Listen; it is safe to call more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.pool.Close()
+	})
+	return nil
+}
+
+// Ping reports whether the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if _, err := read(ctx, s, func() (struct{}, error) { return struct{}{}, s.pool.Ping(ctx) }); err != nil {
+		return fmt.Errorf("postgres ping: %w", err)
+	}
+	return nil
+}
+
+// write runs fn in one READ COMMITTED transaction (explicitly: the locks that
+// make Create and the feed atomic rely on each statement seeing fresh commits).
+// A transaction that failed before its commit because the connection was lost
+// committed nothing, so it is retried once on a fresh connection; a lost
+// commit is not retried (it may have been applied).
+func (s *Store) write(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	committing, err := s.tx(ctx, fn)
+	if err != nil && !committing && ctx.Err() == nil && s.lost(err) {
+		committing, err = s.tx(ctx, fn)
+	}
+	if err != nil && committing {
+		s.lost(err)
+	}
+	return err
+}
+
+// tx runs fn in one transaction; committing says whether err came from the commit.
+func (s *Store) tx(ctx context.Context, fn func(tx pgx.Tx) error) (committing bool, err error) {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return false, fmt.Errorf("postgres begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return false, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return true, fmt.Errorf("postgres commit: %w", err)
+	}
+	return false, nil
+}
+
+// read runs an idempotent read, once more on a fresh connection if the first
+// attempt found its pooled connection dead (a server restart or failover).
+func read[T any](ctx context.Context, s *Store, f func() (T, error)) (T, error) {
+	v, err := f()
+	if err != nil && ctx.Err() == nil && s.lost(err) {
+		v, err = f()
+	}
+	return v, err
+}
+
+// lost reports whether err means the server connection died; then every idle
+// pooled connection is suspect (they all die together on a restart), so the
+// pool is reset and the next calls connect afresh.
+func (s *Store) lost(err error) bool {
+	select {
+	case <-s.done:
+		return false // closed: nothing to reconnect
+	default:
+	}
+	if !connLost(err) {
+		return false
+	}
+	s.log.Warn("database connection lost; reconnecting", zap.Error(err))
+	s.pool.Reset()
+	return true
+}
+
+// connLost reports whether err comes from a connection that broke (not from a
+// failed connection attempt, a statement, or a context).
+func connLost(err error) bool {
+	var (
+		pe *pgconn.PgError
+		ce *pgconn.ConnectError
+	)
+	switch {
+	case errors.As(err, &pe):
+		// 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now; class 08: connection exception.
+		return strings.HasPrefix(pe.Code, "57P") || strings.HasPrefix(pe.Code, "08")
+	case errors.As(err, &ce), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
+		pgconn.Timeout(err):
+		return false
+	}
+	var ne net.Error
+	return pgconn.SafeToRetry(err) || errors.As(err, &ne) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE)
+}
+
+// ---------------------------------------------------------------- secrets in URLs
+
+var (
+	urlUserinfo = regexp.MustCompile(`^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/?#]*)@`)
+	dsnPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']*)`)
+	urlPassword = regexp.MustCompile(`(?i)([?&]password=)([^&#]*)`)
+)
+
+// Redact returns url with any password replaced by "xxxxx": the userinfo
+// password of a URL, a password query parameter, or a DSN's password=… field.
+func Redact(url string) string {
+	if m := urlUserinfo.FindStringSubmatchIndex(url); m != nil {
+		info := url[m[4]:m[5]]
+		if user, _, ok := strings.Cut(info, ":"); ok {
+			url = url[:m[4]] + user + ":xxxxx" + url[m[5]:]
+		}
+	}
+	if isURL(url) {
+		return urlPassword.ReplaceAllString(url, "${1}xxxxx")
+	}
+	return dsnPassword.ReplaceAllString(url, "${1}xxxxx")
+}
+
+// isURL tells a URL (postgres://…) from a key=value DSN.
+func isURL(s string) bool { return strings.Contains(s, "://") }
+
+// passwords returns the password strings url may hold, raw and decoded, best effort.
+func passwords(url string) []string {
+	var out []string
+	if m := urlUserinfo.FindStringSubmatch(url); m != nil {
+		if _, pw, ok := strings.Cut(m[2], ":"); ok {
+			out = append(out, pw)
+		}
+	}
+	if isURL(url) {
+		for _, m := range urlPassword.FindAllStringSubmatch(url, -1) {
+			out = append(out, m[2])
+		}
+	} else {
+		for _, m := range dsnPassword.FindAllStringSubmatch(url, -1) {
+			out = append(out, m[2], strings.Trim(m[2], "'"))
+		}
+	}
+	var all []string
+	for _, pw := range out {
+		all = append(all, pw, percentDecode(pw))
+	}
+	return all
+}
+
+// percentDecode decodes %XX escapes, leaving malformed ones as they are.
+func percentDecode(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// redactedError is an error whose message had the passwords scrubbed; it still
+// unwraps to the original (whose own message holds no password either: pgx
+// never prints one outside a connection string, and those are not wrapped here).
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// redacted returns err with the given passwords scrubbed from its message.
+func redacted(err error, passwords []string) error {
+	return &redactedError{msg: scrub(err.Error(), passwords...), err: err}
+}
+
+// scrub replaces every occurrence of the given secrets in msg.
+func scrub(msg string, secrets ...string) string {
+	for _, sec := range secrets {
+		if len(sec) >= 1 && sec != "xxxxx" {
+			msg = strings.ReplaceAll(msg, sec, "xxxxx")
+		}
+	}
+	return msg
+}
+
+// ---------------------------------------------------------------- encoding
+
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+// micros maps a time to its column value: NULL for zero, Unix microseconds otherwise.
+func micros(t time.Time) *int64 {
+	if t.IsZero() {
+		return nil
+	}
+	v := t.UnixMicro()
+	return &v
+}
+
+func fromMicros(v *int64) time.Time {
+	if v == nil {
+		return time.Time{}
+	}
+	return time.UnixMicro(*v).UTC()
+}
+
+// norm returns t as it will read back: UTC, microsecond precision.
+func norm(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return time.UnixMicro(t.UnixMicro()).UTC()
+}
+
+func encodeGrants(g []string) (string, error) {
+	if len(g) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(g)
+	return string(b), err
+}
+
+func encodeMeta(m map[string]string) (string, error) {
+	if len(m) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(m)
+	return string(b), err
+}
+
+func joinDigests(ds [][32]byte) []byte {
+	b := make([]byte, 0, 32*len(ds))
+	for _, d := range ds {
+		b = append(b, d[:]...)
+	}
+	return b
+}
+
+func splitDigests(b []byte) ([][32]byte, error) {
+	if len(b)%32 != 0 {
+		return nil, fmt.Errorf("digest list of %d bytes is not a multiple of 32", len(b))
+	}
+	out := make([][32]byte, len(b)/32)
+	for i := range out {
+		copy(out[i][:], b[32*i:])
+	}
+	return out, nil
+}
+
+// limit maps "limit <= 0 means all" to a LIMIT parameter (NULL: no limit).
+func limit(n int) *int64 {
+	if n <= 0 {
+		return nil
+	}
+	v := int64(n)
+	return &v
+}
+
+// keyCols are the keys columns every read selects, in scanKey's order.
+const keyCols = `k.id, k.workspace, k.name, k.display, k.created_at, k.expires_at, k.not_before,
+	k.revoked_at, k.rate_limit, k.grants, k.metadata, k.last_used_at`
+
+// lookupSQL is the Check path's one query: the digests primary key, then the keys one.
+const lookupSQL = `SELECT ` + keyCols + `, d.expires_at
+	FROM digests d JOIN keys k ON k.id = d.key_id
+	WHERE d.digest = $1 AND d.pepper_version = $2`
+
+// scanKey reads keyCols (plus extra destinations) from one row.
+func scanKey(row pgx.Row, extra ...any) (apikey.Key, error) {
+	var (
+		k                                   apikey.Key
+		created                             int64
+		expires, notBefore, revoked, usedAt *int64
+		rate, grants, meta                  string
+	)
+	dest := append([]any{&k.ID, &k.Workspace, &k.Name, &k.Display, &created, &expires, &notBefore,
+		&revoked, &rate, &grants, &meta, &usedAt}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return apikey.Key{}, err
+	}
+	k.CreatedAt = time.UnixMicro(created).UTC()
+	k.ExpiresAt = fromMicros(expires)
+	k.NotBefore = fromMicros(notBefore)
+	k.RevokedAt = fromMicros(revoked)
+	k.LastUsedAt = fromMicros(usedAt)
+	if rate != "" {
+		r, err := apikey.ParseRate(rate)
+		if err != nil {
+			return apikey.Key{}, fmt.Errorf("key %s: %w", k.ID, err)
+		}
+		k.RateLimit = r
+	}
+	if grants != "" {
+		if err := json.Unmarshal([]byte(grants), &k.Grants); err != nil {
+			return apikey.Key{}, fmt.Errorf("key %s: grants: %w", k.ID, err)
+		}
+	}
+	if meta != "" {
+		if err := json.Unmarshal([]byte(meta), &k.Metadata); err != nil {
+			return apikey.Key{}, fmt.Errorf("key %s: metadata: %w", k.ID, err)
+		}
+	}
+	return k, nil
+}
+
+// uniqueViolation returns the constraint a unique violation names, or "".
+func uniqueViolation(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23505" {
+		return pe.ConstraintName
+	}
+	return ""
+}
+
+// ---------------------------------------------------------------- reads
+
+// Lookup returns the key whose digest equals d (sum and pepper version). A
+// revoked key comes back with RevokedAt set; a grace digest's key comes back
+// with ExpiresAt at the earlier of the key's expiry and the grace end.
+func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
+	var grace *int64
+	k, err := read(ctx, s, func() (apikey.Key, error) {
+		return scanKey(s.pool.QueryRow(ctx, lookupSQL, d.Sum[:], d.Version), &grace)
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return apikey.Key{}, apikey.ErrNotFound
+	}
+	if err != nil {
+		return apikey.Key{}, fmt.Errorf("postgres lookup: %w", err)
+	}
+	if g := fromMicros(grace); !g.IsZero() && (k.ExpiresAt.IsZero() || g.Before(k.ExpiresAt)) {
+		k.ExpiresAt = g
+	}
+	k.PepperVersion = d.Version
+	return k, nil
+}
+
+// Get returns a live key by id.
+func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
+	k, err := read(ctx, s, func() (apikey.Key, error) {
+		return scanKey(s.pool.QueryRow(ctx,
+			`SELECT `+keyCols+` FROM keys k WHERE k.id = $1 AND k.revoked_at IS NULL`, id))
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return apikey.Key{}, apikey.ErrNotFound
+	}
+	if err != nil {
+		return apikey.Key{}, fmt.Errorf("postgres get %s: %w", id, err)
+	}
+	return k, nil
+}
+
+// List returns a workspace's live keys ordered by id, after the cursor; limit <= 0 means all.
+func (s *Store) List(ctx context.Context, workspace, after string, n int) ([]apikey.Key, error) {
+	out, err := query(ctx, s, func(r pgx.CollectableRow) (apikey.Key, error) { return scanKey(r) },
+		`SELECT `+keyCols+` FROM keys k
+		WHERE k.workspace = $1 AND k.revoked_at IS NULL AND k.id > $2
+		ORDER BY k.id LIMIT $3`, workspace, after, limit(n))
+	if err != nil {
+		return nil, fmt.Errorf("postgres list: %w", err)
+	}
+	return out, nil
+}
+
+// query runs a read returning rows, each scanned by scan (retried as read does).
+func query[T any](ctx context.Context, s *Store, scan pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
+	return read(ctx, s, func() ([]T, error) {
+		rows, err := s.pool.Query(ctx, sql, args...)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, scan)
+	})
+}
+
+// Changes returns feed entries with Seq > after, oldest first; limit <= 0 means all.
+func (s *Store) Changes(ctx context.Context, after int64, n int) ([]apikey.Change, error) {
+	out, err := query(ctx, s, func(r pgx.CollectableRow) (apikey.Change, error) {
+		var (
+			c    apikey.Change
+			at   int64
+			kind string
+			ds   []byte
+		)
+		if err := r.Scan(&c.Seq, &at, &c.KeyID, &kind, &ds); err != nil {
+			return c, err
+		}
+		c.At = time.UnixMicro(at).UTC()
+		c.Kind = apikey.ChangeKind(kind)
+		var err error
+		if c.Digests, err = splitDigests(ds); err != nil {
+			return c, fmt.Errorf("seq %d: %w", c.Seq, err)
+		}
+		return c, nil
+	}, `SELECT seq, at, key_id, kind, digests FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit(n))
+	if err != nil {
+		return nil, fmt.Errorf("postgres changes: %w", err)
+	}
+	return out, nil
+}
+
+// LastSeq returns the newest change Seq, 0 when the feed is empty.
+func (s *Store) LastSeq(ctx context.Context) (int64, error) {
+	seq, err := read(ctx, s, func() (int64, error) {
+		var seq int64
+		err := s.pool.QueryRow(ctx, `SELECT COALESCE(MAX(seq), 0) FROM changes`).Scan(&seq)
+		return seq, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("postgres last seq: %w", err)
+	}
+	return seq, nil
+}
+
+// Events returns a workspace's audit events with Seq > after, oldest first; limit <= 0 means all.
+// Their Seq comes from an identity column: unlike the change feed's, it may
+// have holes and, with concurrent writers, commit out of order.
+func (s *Store) Events(ctx context.Context, workspace string, after int64, n int) ([]apikey.Event, error) {
+	out, err := query(ctx, s, func(r pgx.CollectableRow) (apikey.Event, error) {
+		var (
+			e  apikey.Event
+			at int64
+		)
+		err := r.Scan(&e.Seq, &at, &e.Kind, &e.Workspace, &e.KeyID, &e.Actor, &e.Detail)
+		e.At = time.UnixMicro(at).UTC()
+		return e, err
+	}, `SELECT seq, at, kind, workspace, key_id, actor, detail FROM audit
+		WHERE workspace = $1 AND seq > $2 ORDER BY seq LIMIT $3`, workspace, after, limit(n))
+	if err != nil {
+		return nil, fmt.Errorf("postgres events: %w", err)
+	}
+	return out, nil
+}
+
+// ---------------------------------------------------------------- writes
+
+// Create stores a new key and its digest, atomically with the workspace limit and
+// live-name checks (under the workspace's advisory lock). A zero ID or CreatedAt is filled in.
+func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error) {
+	k := nk.Key
+	if k.Workspace == "" || k.Name == "" {
+		return apikey.Key{}, errors.New("postgres create: workspace and name are required")
+	}
+	if k.ID == "" {
+		id, err := apikey.NewID()
+		if err != nil {
+			return apikey.Key{}, err
+		}
+		k.ID = id
+	}
+	at := now()
+	if k.CreatedAt.IsZero() {
+		k.CreatedAt = at
+	}
+	k.CreatedAt, k.ExpiresAt, k.NotBefore = norm(k.CreatedAt), norm(k.ExpiresAt), norm(k.NotBefore)
+	k.RevokedAt, k.LastUsedAt, k.PepperVersion = time.Time{}, time.Time{}, 0
+	grants, err := encodeGrants(k.Grants)
+	if err != nil {
+		return apikey.Key{}, fmt.Errorf("postgres create: grants: %w", err)
+	}
+	meta, err := encodeMeta(k.Metadata)
+	if err != nil {
+		return apikey.Key{}, fmt.Errorf("postgres create: metadata: %w", err)
+	}
+	err = s.write(ctx, func(tx pgx.Tx) error {
+		// A separate statement: the count below must see what the previous
+		// holder of the lock committed (READ COMMITTED: a snapshot per statement).
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, workspaceLocks, k.Workspace); err != nil {
+			return fmt.Errorf("postgres create: lock workspace: %w", err)
+		}
+		var (
+			n     int
+			taken bool
+		)
+		if err := tx.QueryRow(ctx, `SELECT COUNT(*), COALESCE(bool_or(name = $2), false) FROM keys
+			WHERE workspace = $1 AND revoked_at IS NULL`, k.Workspace, k.Name).Scan(&n, &taken); err != nil {
+			return fmt.Errorf("postgres create: count keys: %w", err)
+		}
+		if nk.Max > 0 && n >= nk.Max {
+			return fmt.Errorf("workspace %q holds %d keys (max %d): %w", k.Workspace, n, nk.Max, apikey.ErrLimit)
+		}
+		if taken {
+			return fmt.Errorf("workspace %q, name %q: %w", k.Workspace, k.Name, apikey.ErrNameTaken)
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO keys (id, workspace, name, display, created_at,
+			expires_at, not_before, rate_limit, grants, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			k.ID, k.Workspace, k.Name, k.Display, k.CreatedAt.UnixMicro(), micros(k.ExpiresAt),
+			micros(k.NotBefore), k.RateLimit.String(), grants, meta)
+		switch uniqueViolation(err) {
+		case "":
+		case "keys_live_name":
+			return fmt.Errorf("workspace %q, name %q: %w", k.Workspace, k.Name, apikey.ErrNameTaken)
+		default:
+			return fmt.Errorf("postgres create: key id %s already exists: %w", k.ID, err)
+		}
+		if err != nil {
+			return fmt.Errorf("postgres create: insert key: %w", err)
+		}
+		if err := insertDigest(ctx, tx, nk.Digest, k.ID); err != nil {
+			return fmt.Errorf("postgres create: %w", err)
+		}
+		if err := addEvent(ctx, tx, apikey.Event{At: at, Kind: "created", Workspace: k.Workspace, KeyID: k.ID, Actor: nk.Actor}); err != nil {
+			return err
+		}
+		return appendChange(ctx, tx, at, k.ID, apikey.Created, [][32]byte{nk.Digest.Sum})
+	})
+	if err != nil {
+		return apikey.Key{}, err
+	}
+	return k, nil
+}
+
+func insertDigest(ctx context.Context, tx pgx.Tx, d apikey.Digest, id string) error {
+	_, err := tx.Exec(ctx, `INSERT INTO digests (digest, key_id, pepper_version) VALUES ($1, $2, $3)`,
+		d.Sum[:], id, d.Version)
+	if uniqueViolation(err) != "" {
+		return fmt.Errorf("insert digest: digest already belongs to a key: %w", err)
+	}
+	if err != nil {
+		return fmt.Errorf("insert digest: %w", err)
+	}
+	return nil
+}
+
+// Refresh replaces a live key's digest with d and its display form with display.
+// With grace 0 the old digests are dropped at once; otherwise they stay usable
+// until now+grace. The key's expired grace digests are pruned on the way.
+func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display string, grace time.Duration, actor string) (apikey.Key, error) {
+	var k apikey.Key
+	err := s.write(ctx, func(tx pgx.Tx) error {
+		var err error
+		k, err = scanKey(tx.QueryRow(ctx,
+			`SELECT `+keyCols+` FROM keys k WHERE k.id = $1 AND k.revoked_at IS NULL FOR NO KEY UPDATE`, id))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return apikey.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("postgres refresh %s: %w", id, err)
+		}
+		at := now()
+		// Only this key's digests (locked through its row): a global prune would
+		// make concurrent refreshes of different keys contend for the same rows.
+		if _, err := tx.Exec(ctx, `DELETE FROM digests WHERE key_id = $1 AND expires_at IS NOT NULL AND expires_at <= $2`,
+			id, at.UnixMicro()); err != nil {
+			return fmt.Errorf("postgres refresh: prune grace digests: %w", err)
+		}
+		old, err := keyDigests(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		detail := ""
+		if grace <= 0 {
+			_, err = tx.Exec(ctx, `DELETE FROM digests WHERE key_id = $1`, id)
+		} else {
+			end := at.Add(grace).UnixMicro()
+			detail = "grace " + grace.String()
+			_, err = tx.Exec(ctx, `UPDATE digests SET expires_at = $1
+				WHERE key_id = $2 AND (expires_at IS NULL OR expires_at > $1)`, end, id)
+		}
+		if err != nil {
+			return fmt.Errorf("postgres refresh: old digests: %w", err)
+		}
+		if err := insertDigest(ctx, tx, d, id); err != nil {
+			return fmt.Errorf("postgres refresh: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE keys SET display = $1 WHERE id = $2`, display, id); err != nil {
+			return fmt.Errorf("postgres refresh: display: %w", err)
+		}
+		k.Display = display
+		if err := addEvent(ctx, tx, apikey.Event{At: at, Kind: "refreshed", Workspace: k.Workspace, KeyID: id, Actor: actor, Detail: detail}); err != nil {
+			return err
+		}
+		return appendChange(ctx, tx, at, id, apikey.Refreshed, old)
+	})
+	if err != nil {
+		return apikey.Key{}, err
+	}
+	return k, nil
+}
+
+// Delete revokes a live key at once; its digests stay so Lookup reports it revoked.
+func (s *Store) Delete(ctx context.Context, id, actor string) error {
+	return s.write(ctx, func(tx pgx.Tx) error {
+		at := now()
+		var ws string
+		err := tx.QueryRow(ctx, `UPDATE keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL
+			RETURNING workspace`, id, at.UnixMicro()).Scan(&ws)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return apikey.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("postgres delete %s: %w", id, err)
+		}
+		ds, err := keyDigests(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if err := addEvent(ctx, tx, apikey.Event{At: at, Kind: "deleted", Workspace: ws, KeyID: id, Actor: actor}); err != nil {
+			return err
+		}
+		return appendChange(ctx, tx, at, id, apikey.Deleted, ds)
+	})
+}
+
+// Rehash moves old's key (and grace end) to digest d and drops old.
+func (s *Store) Rehash(ctx context.Context, old, d apikey.Digest) error {
+	if old == d {
+		return nil
+	}
+	return s.write(ctx, func(tx pgx.Tx) error {
+		var (
+			id  string
+			end *int64
+		)
+		err := tx.QueryRow(ctx, `SELECT key_id, expires_at FROM digests WHERE digest = $1 AND pepper_version = $2
+			FOR UPDATE`, old.Sum[:], old.Version).Scan(&id, &end)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return apikey.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("postgres rehash: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO digests (digest, key_id, pepper_version, expires_at)
+			VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING`, d.Sum[:], id, d.Version, end); err != nil {
+			return fmt.Errorf("postgres rehash: insert digest: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM digests WHERE digest = $1`, old.Sum[:]); err != nil {
+			return fmt.Errorf("postgres rehash: drop digest: %w", err)
+		}
+		return appendChange(ctx, tx, now(), id, apikey.Rehashed, [][32]byte{old.Sum})
+	})
+}
+
+// touchSQL updates many keys' last_used_at in one statement. The rows are
+// locked in id order first, so two replicas touching overlapping keys cannot
+// deadlock; a time never moves backwards.
+const touchSQL = `WITH u AS (
+	SELECT * FROM unnest($1::text[], $2::bigint[]) AS u (id, at)
+), l AS (
+	SELECT k.id FROM keys k JOIN u ON u.id = k.id ORDER BY k.id FOR NO KEY UPDATE OF k
+)
+UPDATE keys k SET last_used_at = u.at
+FROM u JOIN l ON l.id = u.id
+WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)`
+
+// Touch records last-used times in one statement; unknown ids are ignored and
+// a time never moves backwards.
+func (s *Store) Touch(ctx context.Context, used map[string]time.Time) error {
+	if len(used) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(used))
+	ats := make([]int64, 0, len(used))
+	for id, at := range used {
+		ids = append(ids, id)
+		ats = append(ats, at.UnixMicro())
+	}
+	// Idempotent (times only move forward), so retried like a read.
+	if _, err := read(ctx, s, func() (pgconn.CommandTag, error) { return s.pool.Exec(ctx, touchSQL, ids, ats) }); err != nil {
+		return fmt.Errorf("postgres touch %d keys: %w", len(ids), err)
+	}
+	return nil
+}
+
+// Audit appends an audit event; a zero At is stamped with now.
+func (s *Store) Audit(ctx context.Context, e apikey.Event) error {
+	if e.At.IsZero() {
+		e.At = now()
+	}
+	if _, err := s.pool.Exec(ctx, insertEventSQL, e.At.UnixMicro(), e.Kind, e.Workspace, e.KeyID, e.Actor, e.Detail); err != nil {
+		s.lost(err) // not retried: it may have been recorded
+		return fmt.Errorf("postgres record audit event: %w", err)
+	}
+	return nil
+}
+
+func keyDigests(ctx context.Context, tx pgx.Tx, id string) ([][32]byte, error) {
+	rows, err := tx.Query(ctx, `SELECT digest FROM digests WHERE key_id = $1`, id)
+	if err != nil {
+		return nil, fmt.Errorf("postgres digests of %s: %w", id, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([32]byte, error) {
+		var (
+			b []byte
+			d [32]byte
+		)
+		if err := r.Scan(&b); err != nil {
+			return d, err
+		}
+		if len(b) != len(d) {
+			return d, fmt.Errorf("stored digest has %d bytes", len(b))
+		}
+		copy(d[:], b)
+		return d, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres digests of %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// appendChangeSQL takes the next Seq from the counter row (its lock is held
+// until commit, so feed writers commit in Seq order and Seq has no holes),
+// appends the change and notifies listeners (delivered at commit).
+const appendChangeSQL = `WITH n AS (
+	UPDATE change_seq SET seq = seq + 1 RETURNING seq
+), c AS (
+	INSERT INTO changes (seq, at, key_id, kind, digests) SELECT seq, $1, $2, $3, $4 FROM n RETURNING seq
+)
+SELECT seq, pg_notify('` + Channel + `', seq::text) FROM c`
+
+// appendChange records a change; callers make it the last statement of their
+// transaction, so that the feed's lock is held as briefly as possible.
+func appendChange(ctx context.Context, tx pgx.Tx, at time.Time, id string, kind apikey.ChangeKind, ds [][32]byte) error {
+	var seq int64
+	if err := tx.QueryRow(ctx, appendChangeSQL, at.UnixMicro(), id, string(kind), joinDigests(ds)).Scan(&seq, nil); err != nil {
+		return fmt.Errorf("postgres record change: %w", err)
+	}
+	return nil
+}
+
+const insertEventSQL = `INSERT INTO audit (at, kind, workspace, key_id, actor, detail) VALUES ($1, $2, $3, $4, $5, $6)`
+
+func addEvent(ctx context.Context, tx pgx.Tx, e apikey.Event) error {
+	if _, err := tx.Exec(ctx, insertEventSQL, e.At.UnixMicro(), e.Kind, e.Workspace, e.KeyID, e.Actor, e.Detail); err != nil {
+		return fmt.Errorf("postgres record audit event: %w", err)
+	}
+	return nil
+}

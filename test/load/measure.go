@@ -1,0 +1,135 @@
+package load
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Phase is one measured load window and the server CPU it cost.
+type Phase struct {
+	Out Outcome
+	CPU time.Duration // server user+system CPU during the window
+}
+
+// PerCheck returns the server CPU per answered Check.
+func (p Phase) PerCheck() time.Duration {
+	if p.Out.Done == 0 {
+		return 0
+	}
+	return p.CPU / time.Duration(p.Out.Done)
+}
+
+// Busy returns the server's CPU use during the window, in cores.
+func (p Phase) Busy() float64 {
+	if p.Out.Elapsed <= 0 {
+		return 0
+	}
+	return p.CPU.Seconds() / p.Out.Elapsed.Seconds()
+}
+
+// Measurement is a scenario's saturation and fixed-rate windows against one server.
+type Measurement struct {
+	Key    string // "noop", "a", "b", ...
+	Title  string
+	Server string
+	Sat    Phase // closed loop: throughput at saturation, CPU per Check
+	Fixed  Phase // open loop at the fixed rate: latency
+	Notes  []string
+}
+
+// Load says how a measurement drives the server.
+type Load struct {
+	Warmup    time.Duration
+	Duration  time.Duration
+	Rate      float64 // fixed rate of the open-loop window
+	Conns     int
+	Workers   int    // closed-loop concurrent calls
+	Open      int    // open-loop bound on calls in flight
+	Transport string // client transport: TransportH2 (default) or TransportGRPC
+	NoFixed   bool
+}
+
+// Measure warms the server up, then runs a closed-loop window and an open-loop
+// window with src, reading the server's CPU time around each.
+func Measure(ctx context.Context, s *Server, key, title string, src Source, seq *atomic.Uint64, l Load, logf func(string, ...any)) (Measurement, error) {
+	m := Measurement{Key: key, Title: title, Server: s.Name}
+	c, err := Dial(s.GRPC, l.Conns, l.Transport)
+	if err != nil {
+		return m, err
+	}
+	defer c.Close()
+	if l.Warmup > 0 {
+		w := c.Closed(ctx, src, l.Workers, l.Warmup, seq)
+		if w.Errors > 0 {
+			return m, fmt.Errorf("%s warm-up: %d of %d calls failed: %v", key, w.Errors, w.Sent, w.FirstErr)
+		}
+	}
+	window := func(run func() Outcome) (Phase, error) {
+		pid := s.Proc.PID()
+		c0, err := CPUTime(pid)
+		if err != nil {
+			return Phase{}, err
+		}
+		out := run()
+		c1, err := CPUTime(pid)
+		if err != nil {
+			return Phase{}, err
+		}
+		return Phase{Out: out, CPU: c1 - c0}, nil
+	}
+	if m.Sat, err = window(func() Outcome { return c.Closed(ctx, src, l.Workers, l.Duration, seq) }); err != nil {
+		return m, err
+	}
+	logf("  %-4s saturation: %8.0f checks/s, server %.2f cores, %6.1f µs CPU/check, %s", key, m.Sat.Out.Rate(), m.Sat.Busy(), us(m.Sat.PerCheck()), codeSummary(m.Sat.Out))
+	if m.Sat.Out.Errors > 0 {
+		return m, fmt.Errorf("%s saturation: %d of %d calls failed: %v", key, m.Sat.Out.Errors, m.Sat.Out.Sent, m.Sat.Out.FirstErr)
+	}
+	if l.NoFixed {
+		return m, nil
+	}
+	time.Sleep(100 * time.Millisecond) // let the saturation backlog (GC) settle
+	if m.Fixed, err = window(func() Outcome { return c.Open(ctx, src, l.Rate, l.Duration, l.Open, seq) }); err != nil {
+		return m, err
+	}
+	logf("  %-4s %5.0f/s fixed: p50 %6.0f µs, p99 %6.0f µs, p99.9 %6.0f µs, %6.1f µs CPU/check", key, m.Fixed.Out.Rate(),
+		us(m.Fixed.Out.Pct(50)), us(m.Fixed.Out.Pct(99)), us(m.Fixed.Out.Pct(99.9)), us(m.Fixed.PerCheck()))
+	if m.Fixed.Out.Errors > 0 {
+		return m, fmt.Errorf("%s fixed rate: %d of %d calls failed: %v", key, m.Fixed.Out.Errors, m.Fixed.Out.Sent, m.Fixed.Out.FirstErr)
+	}
+	return m, nil
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// codeNames names the google.rpc codes keyauthz answers with.
+var codeNames = map[int32]string{0: "OK", 3: "InvalidArgument", 7: "PermissionDenied", 8: "ResourceExhausted", 14: "Unavailable", 16: "Unauthenticated"}
+
+// codes renders an outcome's CheckResponse status codes, e.g. "OK 70.0%, ResourceExhausted 30.0%".
+func codeSummary(o Outcome) string {
+	var ks []int32
+	for k := range o.Codes {
+		ks = append(ks, k)
+	}
+	sort.Slice(ks, func(i, j int) bool { return ks[i] < ks[j] })
+	var parts []string
+	for _, k := range ks {
+		n := codeNames[k]
+		if n == "" {
+			n = fmt.Sprintf("code %d", k)
+		}
+		parts = append(parts, fmt.Sprintf("%s %.1f%%", n, 100*float64(o.Codes[k])/float64(max(o.Done, 1))))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// share returns the fraction of answered calls with status code.
+func share(o Outcome, code int32) float64 {
+	if o.Done == 0 {
+		return 0
+	}
+	return float64(o.Codes[code]) / float64(o.Done)
+}

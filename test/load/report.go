@@ -1,0 +1,313 @@
+package load
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Target is one of the issue's performance targets and its verdict.
+type Target struct {
+	N      int
+	Name   string
+	Pass   bool
+	Missed bool // not measured in this run
+	Detail string
+}
+
+// Line renders the target's PASS/FAIL line.
+func (t Target) Line() string {
+	v := "FAIL"
+	switch {
+	case t.Missed:
+		v = "SKIP"
+	case t.Pass:
+		v = "PASS"
+	}
+	return fmt.Sprintf("%s target %d: %s — %s", v, t.N, t.Name, t.Detail)
+}
+
+// ref is the no-op reference: the mean of its measurements in the run.
+type ref struct {
+	rate, p50, p99 float64
+	cpu            time.Duration
+	ok             bool
+}
+
+func reference(res *Results) ref {
+	var r ref
+	n := float64(len(res.Noop))
+	for _, m := range res.Noop {
+		r.rate += m.Sat.Out.Rate() / n
+		r.cpu += time.Duration(float64(m.Sat.PerCheck()) / n)
+		r.p50 += us(m.Fixed.Out.Pct(50)) / n
+		r.p99 += us(m.Fixed.Out.Pct(99)) / n
+	}
+	r.ok = n > 0
+	return r
+}
+
+func (res *Results) scenario(key string) *Measurement {
+	for i := range res.Scenarios {
+		if res.Scenarios[i].Key == key {
+			return &res.Scenarios[i]
+		}
+	}
+	return nil
+}
+
+func (res *Results) bench(name string) *BenchResult {
+	for i := range res.Bench {
+		if res.Bench[i].Name == name {
+			return &res.Bench[i]
+		}
+	}
+	return nil
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// evaluate judges every target from what the run measured.
+func evaluate(res *Results) []Target {
+	ref := reference(res)
+	var ts []Target
+	missed := func(n int, name, why string) { ts = append(ts, Target{N: n, Name: name, Missed: true, Detail: why}) }
+
+	const n1 = "(a) CPU per Check ≤ 1.25× no-op, saturated throughput ≥ 0.85× no-op"
+	if a := res.scenario("a"); a != nil && ref.ok {
+		cr, tr := ratio(float64(a.Sat.PerCheck()), float64(ref.cpu)), ratio(a.Sat.Out.Rate(), ref.rate)
+		ts = append(ts, Target{N: 1, Name: n1, Pass: cr <= 1.25 && tr >= 0.85,
+			Detail: fmt.Sprintf("CPU/check %.1f µs = %.2f× no-op (%.1f µs); throughput %.0f/s = %.2f× no-op (%.0f/s)", us(a.Sat.PerCheck()), cr, us(ref.cpu), a.Sat.Out.Rate(), tr, ref.rate)})
+	} else {
+		missed(1, n1, "scenario a or the no-op reference not run")
+	}
+
+	const n2 = "(c) CPU per Check ≤ 1.6× no-op; one Redis round trip per decision"
+	if c := res.scenario("c"); c != nil && ref.ok {
+		cr := ratio(float64(c.Sat.PerCheck()), float64(ref.cpu))
+		checks, calls, evals := res.Facts["c_checks"], res.Facts["c_redis_calls"], res.Facts["c_redis_evals"]
+		perCall := ratio(calls, checks)
+		ts = append(ts, Target{N: 2, Name: n2, Pass: cr <= 1.6 && calls <= checks*1.01 && evals >= checks*0.99,
+			Detail: fmt.Sprintf("CPU/check %.1f µs = %.2f× no-op; Redis commands %.0f / decisions %.0f = %.3f per decision (EVALSHA/EVAL %.0f)", us(c.Sat.PerCheck()), cr, calls, checks, perCall, evals)})
+	} else {
+		missed(2, n2, "scenario c or the no-op reference not run")
+	}
+
+	const n3 = "(b) cache-miss p99 ≤ 2 ms at the fixed rate; cache-hit path unaffected by store size (1M-key store within 10% of the small store on CPU/check and throughput)"
+	b, a, a1 := res.scenario("b"), res.scenario("a"), res.scenario("a@1M")
+	if b != nil && a != nil && a1 != nil {
+		p99 := b.Fixed.Out.Pct(99)
+		cr := ratio(float64(a1.Sat.PerCheck()), float64(a.Sat.PerCheck()))
+		tr := ratio(a1.Sat.Out.Rate(), a.Sat.Out.Rate())
+		ts = append(ts, Target{N: 3, Name: n3, Pass: p99 <= 2*time.Millisecond && cr <= 1.10 && tr >= 0.90,
+			Detail: fmt.Sprintf("miss p99 %.0f µs at %.0f/s; hit on 1M store vs small: CPU/check %.2f×, throughput %.2f×", us(p99), b.Fixed.Out.Rate(), cr, tr)})
+	} else {
+		missed(3, n3, "scenarios a and b not both run")
+	}
+
+	const n4 = "(d) store reads ≤ 1 per distinct unknown key per negative TTL; negative cache bounded, RSS growth under the flood ≤ 32 MiB"
+	if res.scenario("d") != nil && res.scenario("d-fresh") != nil {
+		f := res.Facts
+		grow := f["d_after_rss"] - f["d_before_rss"]
+		pass := f["d_store_reads"] <= f["d_distinct"] && f["d_fresh_store_reads"] <= f["d_fresh_distinct"] &&
+			f["d_after_negative_entries"] <= f["d_negative_size"] && grow <= 32<<20
+		ts = append(ts, Target{N: 4, Name: n4, Pass: pass,
+			Detail: fmt.Sprintf("pool: %.0f reads for %.0f distinct keys; every-key-new: %.0f reads for %.0f distinct keys; negative entries %.0f ≤ %.0f; RSS %+.1f MiB",
+				f["d_store_reads"], f["d_distinct"], f["d_fresh_store_reads"], f["d_fresh_distinct"], f["d_after_negative_entries"], f["d_negative_size"], grow/(1<<20))})
+	} else {
+		missed(4, n4, "scenario d not run")
+	}
+
+	const n5 = "Check handler on a cache hit ≤ 2 µs/op and ≤ 30 allocs/op; hasher ≤ 600 ns/op (Go benchmarks)"
+	if h, s := res.bench("BenchmarkCheckCacheHit"), res.bench("BenchmarkHasher"); h != nil && s != nil {
+		ts = append(ts, Target{N: 5, Name: n5, Pass: h.NsPerOp <= 2000 && h.AllocsPerOp <= 30 && s.NsPerOp <= 600,
+			Detail: fmt.Sprintf("CheckCacheHit %.0f ns/op, %.0f allocs/op; Hasher %.0f ns/op", h.NsPerOp, h.AllocsPerOp, s.NsPerOp)})
+	} else {
+		missed(5, n5, "benchmarks not run")
+	}
+
+	const n6 = "through Envoy at a fixed 1,000 rps: added p99 ≤ 1 ms versus Envoy without ext_authz"
+	if e := res.Envoy; e != nil {
+		w, o := meanRun(e.With), meanRun(e.Without)
+		add := w.P99 - o.P99
+		ts = append(ts, Target{N: 6, Name: n6, Pass: add <= time.Millisecond,
+			Detail: fmt.Sprintf("p99 %.0f µs with, %.0f µs without: +%.0f µs (at %.0f / %.0f rps)", us(w.P99), us(o.P99), us(add), w.RPS(), o.RPS())})
+	} else {
+		missed(6, n6, "Envoy part not run")
+	}
+
+	const n7 = "memory per cached key ≤ 400 bytes"
+	if len(res.Memory) > 0 {
+		pass := true
+		var parts []string
+		for _, m := range res.Memory {
+			pass = pass && m.PerKey <= 400
+			parts = append(parts, fmt.Sprintf("%d keys: %.0f B/key", m.Keys, m.PerKey))
+		}
+		ts = append(ts, Target{N: 7, Name: n7, Pass: pass, Detail: strings.Join(parts, "; ")})
+	} else {
+		missed(7, n7, "memory not measured")
+	}
+	return ts
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "unknown CPU"
+}
+
+// Report renders the results as RESULTS.md.
+func Report(res *Results, command string) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	ref := reference(res)
+	p("# keyauthz load results")
+	p("")
+	p("Generated by the load harness (test/load, see README.md); every figure is also a ratio to the no-op ext_authz")
+	p("server measured the same way in the same run, because absolute numbers on this shared machine are noise.")
+	p("")
+	p("| | |")
+	p("| --- | --- |")
+	p("| command | `%s` |", command)
+	p("| date | %s (run took %s) |", res.Started.UTC().Format("2006-01-02 15:04 MST"), res.Duration.Round(time.Second))
+	p("| Go | %s |", res.GoVersion)
+	p("| Envoy | %s |", orNone(res.EnvoyVer))
+	p("| machine | %d CPUs (%s), %s/%s |", runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH)
+	p("| pinning | %s |", res.Pinning)
+	p("| gRPC load | %d connections; saturation: %d concurrent calls, closed loop, %s per window after %s warm-up; latency: open loop at %.0f calls/s for %s, measured from each call's scheduled start (≤ %d in flight) |",
+		res.Load.Conns, res.Load.Workers, res.Load.Duration, res.Load.Warmup, res.Load.Rate, res.Load.Duration, res.Load.Open)
+	p("| server CPU | utime+stime from /proc/PID/stat of the server process around each window ÷ checks answered |")
+	p("")
+	p("## Targets")
+	p("")
+	for _, t := range res.Targets {
+		p("- **%s**", strings.Replace(t.Line(), " — ", "** — ", 1))
+	}
+	if len(res.Errors) > 0 {
+		p("")
+		p("Errors in this run:")
+		p("")
+		for _, e := range res.Errors {
+			p("- `%s`", strings.ReplaceAll(firstLine(e), "`", "'"))
+		}
+	}
+	p("")
+	p("## gRPC scenarios (lean client → server, ratios to the no-op server)")
+	p("")
+	p("| scenario | saturated checks/s | × no-op | server cores busy | server CPU µs/check | × no-op | p50 µs | × no-op | p99 µs | × no-op | answers |")
+	p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+	row := func(m *Measurement) {
+		p("| %s | %.0f | %.2f | %.2f | %.1f | %.2f | %.0f | %.2f | %.0f | %.2f | %s |", m.Title,
+			m.Sat.Out.Rate(), ratio(m.Sat.Out.Rate(), ref.rate), m.Sat.Busy(),
+			us(m.Sat.PerCheck()), ratio(float64(m.Sat.PerCheck()), float64(ref.cpu)),
+			us(m.Fixed.Out.Pct(50)), ratio(us(m.Fixed.Out.Pct(50)), ref.p50),
+			us(m.Fixed.Out.Pct(99)), ratio(us(m.Fixed.Out.Pct(99)), ref.p99), codeSummary(m.Sat.Out))
+	}
+	for i := range res.Noop {
+		row(&res.Noop[i])
+	}
+	for i := range res.Scenarios {
+		row(&res.Scenarios[i])
+	}
+	for i := range res.Scenarios {
+		m := &res.Scenarios[i]
+		p("")
+		p("### %s", m.Title)
+		p("")
+		p("| window | calls | calls/s | server CPU µs/check | × no-op | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs |")
+		p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		p("| saturation (%d in flight) | %d | %.0f | %.1f | %.2f | | | | | |", res.Load.Workers, m.Sat.Out.Done, m.Sat.Out.Rate(), us(m.Sat.PerCheck()), ratio(float64(m.Sat.PerCheck()), float64(ref.cpu)))
+		o := m.Fixed.Out
+		p("| fixed %.0f/s | %d | %.0f | %.1f | | %.0f | %.0f | %.0f | %.0f | %.0f |", res.Load.Rate, o.Done, o.Rate(), us(m.Fixed.PerCheck()),
+			us(o.Pct(50)), us(o.Pct(90)), us(o.Pct(99)), us(o.Pct(99.9)), us(o.Pct(100)))
+		for _, n := range m.Notes {
+			p("")
+			p("%s", n)
+		}
+	}
+	if f := res.Facts; f["b_idle_rss"] > 0 {
+		p("")
+		p("### Memory of `keyauthz serve` with %s keys in the SQLite store", "1,000,000")
+		p("")
+		p("| when | RSS | Go heap in use | cached keys |")
+		p("| --- | ---: | ---: | ---: |")
+		p("| after start, before traffic | %s | %s | %.0f |", mib(f["b_idle_rss"]), mib(f["b_idle_heap_inuse"]), f["b_idle_cache_entries"])
+		p("| after scenarios a@1M and b | %s | %s | %.0f |", mib(f["b_after_rss"]), mib(f["b_after_heap_inuse"]), f["b_after_cache_entries"])
+	}
+	if e := res.Envoy; e != nil {
+		w, o := meanRun(e.With), meanRun(e.Without)
+		p("")
+		p("## Through Envoy (wrk → Envoy → upstream, envoy/sidecar.yaml with and without the ext_authz filter)")
+		p("")
+		p("Fixed rate: wrk with %d connections, each waiting %d ms after every answer (≈ %d rps); the two Envoys are measured alternately, twice each, %s per run.", e.Conns, e.DelayMS, e.Rate, res.Load.Duration)
+		p("Command (fixed rate): `%s`", e.Command)
+		p("")
+		p("| | rps | p50 µs | p90 µs | p99 µs | p99.9 µs | keyauthz CPU ms / 1,000 requests |")
+		p("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+		p("| without ext_authz | %.0f | %.0f | %.0f | %.0f | %.0f | — |", o.RPS(), us(o.P50), us(o.P90), us(o.P99), us(o.P999))
+		p("| with ext_authz (keyauthz) | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f |", w.RPS(), us(w.P50), us(w.P90), us(w.P99), us(w.P999), float64(w.CPUPer1k())/1e6)
+		p("| **added by ext_authz** | | **%+.0f** | **%+.0f** | **%+.0f** | **%+.0f** | |", us(w.P50-o.P50), us(w.P90-o.P90), us(w.P99-o.P99), us(w.P999-o.P999))
+		p("| saturation without (32 conns, no delay) | %.0f | %.0f | %.0f | %.0f | %.0f | — |", e.SatWithout.RPS(), us(e.SatWithout.P50), us(e.SatWithout.P90), us(e.SatWithout.P99), us(e.SatWithout.P999))
+		p("| saturation with | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f |", e.SatWith.RPS(), us(e.SatWith.P50), us(e.SatWith.P90), us(e.SatWith.P99), us(e.SatWith.P999), float64(e.SatWith.CPUPer1k())/1e6)
+	}
+	if len(res.Memory) > 0 {
+		p("")
+		p("## Memory per cached key")
+		p("")
+		p("keycache filled through Lookup with keys shaped like the SQLite store's (id, workspace, name, display, created_at); live heap growth after GC ÷ keys.")
+		p("")
+		p("| cached keys | live heap | bytes per key |")
+		p("| ---: | ---: | ---: |")
+		for _, m := range res.Memory {
+			p("| %d | %s | %.0f |", m.Keys, mib(float64(m.Bytes)), m.PerKey)
+		}
+	}
+	if len(res.Bench) > 0 {
+		p("")
+		p("## Go benchmarks (no network)")
+		p("")
+		p("`%s` (median of the runs)", res.BenchCmd)
+		p("")
+		p("| benchmark | ns/op | B/op | allocs/op |")
+		p("| --- | ---: | ---: | ---: |")
+		for _, x := range res.Bench {
+			p("| %s | %.0f | %.0f | %.0f |", x.Name, x.NsPerOp, x.BytesPerOp, x.AllocsPerOp)
+		}
+	}
+	if res.Profile != "" {
+		p("")
+		p("## CPU profile of keyauthz during scenario (a)")
+		p("")
+		p("A separate saturation window of scenario (a) with `http.pprof: true`; `go tool pprof -top`:")
+		p("")
+		p("```")
+		b.WriteString(strings.TrimRight(res.Profile, "\n"))
+		p("")
+		p("```")
+	}
+	return b.String()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(not run)"
+	}
+	return s
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}

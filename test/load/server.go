@@ -1,0 +1,180 @@
+package load
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Server is a running ext_authz server under test: keyauthz or the no-op.
+type Server struct {
+	Name string
+	Proc *Proc
+	GRPC string // host:port
+	HTTP string // host:port of keyauthz's health/metrics listener; "" for the no-op
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func freeAddr() (string, error) {
+	p, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	return "127.0.0.1:" + strconv.Itoa(p), nil
+}
+
+// KeyauthzConfig is what a scenario changes in keyauthz's configuration.
+type KeyauthzConfig struct {
+	Store        string // SQLite file
+	Pepper       string // pepper file
+	Redis        string // host:port: use the Redis limiter
+	NegativeSize int    // cache.negative_size; 0 keeps the default
+	CacheSize    int    // cache.size; 0 keeps the default
+	Pprof        bool   // serve /debug/pprof
+}
+
+// DefaultRate is the scenarios' ratelimit.default: high enough that no
+// hot key is ever limited, so the limiter runs its full path and allows.
+const DefaultRate = "1000000000/s"
+
+func (c KeyauthzConfig) yaml(grpcAddr, httpAddr string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "grpc:\n  listen: %q\n  drain_timeout: 2s\n", grpcAddr)
+	fmt.Fprintf(&b, "http:\n  listen: %q\n  pprof: %v\n", httpAddr, c.Pprof)
+	fmt.Fprintf(&b, "store:\n  url: %q\n", "sqlite://"+c.Store)
+	fmt.Fprintf(&b, "pepper:\n  current: 1\n  versions: [{version: 1, file: %q}]\n", c.Pepper)
+	fmt.Fprintf(&b, "ratelimit:\n  default: %q\n", DefaultRate)
+	if c.Redis != "" {
+		fmt.Fprintf(&b, "  backend: redis\n  redis:\n    addrs: [%q]\n", c.Redis)
+	}
+	if c.NegativeSize > 0 || c.CacheSize > 0 {
+		b.WriteString("cache:\n")
+		if c.CacheSize > 0 {
+			fmt.Fprintf(&b, "  size: %d\n", c.CacheSize)
+		}
+		if c.NegativeSize > 0 {
+			fmt.Fprintf(&b, "  negative_size: %d\n", c.NegativeSize)
+		}
+	}
+	b.WriteString("log:\n  level: info\n")
+	return b.String()
+}
+
+// StartKeyauthz writes the config into dir, runs `keyauthz serve` on cpus and
+// waits for /readyz.
+func StartKeyauthz(ctx context.Context, name, dir, bin, cpus string, c KeyauthzConfig) (*Server, error) {
+	g, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	h, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(dir, name+".yaml")
+	if err := os.WriteFile(cfg, []byte(c.yaml(g, h)), 0o600); err != nil {
+		return nil, err
+	}
+	p, err := Start(name, filepath.Join(dir, name+".log"), cpus, nil, bin, "serve", "--config", cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Name: name, Proc: p, GRPC: g, HTTP: h}
+	err = poll(ctx, 20*time.Second, func() error {
+		if done, err := p.Exited(); done {
+			return fmt.Errorf("exited: %v", err)
+		}
+		resp, err := httpClient.Get("http://" + h + "/readyz")
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/readyz: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+		}
+		return nil
+	})
+	if err != nil {
+		_ = p.Stop(5 * time.Second)
+		return nil, fmt.Errorf("keyauthz %s not ready: %v\n%s", name, err, p.Tail(4000))
+	}
+	return s, nil
+}
+
+// StartNoop runs the no-op server on cpus and waits until it answers a Check.
+func StartNoop(ctx context.Context, dir, bin, cpus string, probe []byte) (*Server, error) {
+	g, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	p, err := Start("noop", filepath.Join(dir, "noop.log"), cpus, nil, bin, "-listen", g)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Name: "noop", Proc: p, GRPC: g}
+	if err := s.waitCheck(ctx, probe); err != nil {
+		_ = p.Stop(5 * time.Second)
+		return nil, fmt.Errorf("noop not answering: %v\n%s", err, p.Tail(4000))
+	}
+	return s, nil
+}
+
+// waitCheck polls until one Check call is answered.
+func (s *Server) waitCheck(ctx context.Context, probe []byte) error {
+	return poll(ctx, 20*time.Second, func() error {
+		if done, err := s.Proc.Exited(); done {
+			return fmt.Errorf("exited: %v", err)
+		}
+		c, err := Dial(s.GRPC, 1, TransportH2)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err = c.caller(0)(cctx, probe)
+		return err
+	})
+}
+
+// Metrics scrapes keyauthz's /metrics.
+func (s *Server) Metrics() (Samples, error) {
+	if s.HTTP == "" {
+		return Samples{}, nil
+	}
+	return Scrape("http://" + s.HTTP + "/metrics")
+}
+
+// Stop ends the server; a keyauthz that does not exit cleanly is an error.
+func (s *Server) Stop() error { return s.Proc.Stop(10 * time.Second) }
+
+func poll(ctx context.Context, timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
