@@ -98,6 +98,10 @@ e2e() {
     say "e2e with $("$bin" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo "envoy $v")"
     ENVOY_BIN=$bin go test -tags e2e -count=1 -timeout 10m ./test/e2e/...
   done
+  need_apt
+  say "e2e once more on the shared backends: PostgreSQL store, Redis limiter (Envoy $ENVOY_NEW)"
+  ENVOY_BIN=$(envoy_bin "$ENVOY_NEW") KEYAUTHZ_E2E_BACKEND=postgres-redis \
+    go test -tags e2e -count=1 -timeout 10m ./test/e2e/...
 }
 
 case $STAGE in

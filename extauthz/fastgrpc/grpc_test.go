@@ -297,8 +297,17 @@ func TestCodecMarshal(t *testing.T) {
 	fx := newFixture(t, nil)
 	c := newCodec()
 	ctx := context.Background()
-	for _, tc := range protoCases(fx) {
+	big := &authv3.CheckResponse{HttpResponse: &authv3.CheckResponse_DeniedResponse{
+		DeniedResponse: &authv3.DeniedHttpResponse{Body: strings.Repeat("b", 3*respBufSize)}}}
+	for _, tc := range append(protoCases(fx), struct {
+		name string
+		req  *authv3.CheckRequest
+		code int
+	}{name: "larger than a pooled buffer"}) {
 		resp, err := fx.svc.Check(ctx, tc.req)
+		if tc.req == nil {
+			resp, err = big, nil
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

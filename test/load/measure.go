@@ -3,6 +3,7 @@ package load
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -11,8 +12,17 @@ import (
 
 // Phase is one measured load window and the server CPU it cost.
 type Phase struct {
-	Out Outcome
-	CPU time.Duration // server user+system CPU during the window
+	Out       Outcome
+	CPU       time.Duration // server user+system CPU during the window
+	ClientCPU time.Duration // this process's (the load client's) CPU during the window
+}
+
+// ClientPerCall returns the load client's CPU per answered call.
+func (p Phase) ClientPerCall() time.Duration {
+	if p.Out.Done == 0 {
+		return 0
+	}
+	return p.ClientCPU / time.Duration(p.Out.Done)
 }
 
 // PerCheck returns the server CPU per answered Check.
@@ -74,17 +84,25 @@ func Measure(ctx context.Context, s *Server, key, title string, src Source, seq 
 		if err != nil {
 			return Phase{}, err
 		}
+		s0, err := CPUTime(os.Getpid())
+		if err != nil {
+			return Phase{}, err
+		}
 		out := run()
 		c1, err := CPUTime(pid)
 		if err != nil {
 			return Phase{}, err
 		}
-		return Phase{Out: out, CPU: c1 - c0}, nil
+		s1, err := CPUTime(os.Getpid())
+		if err != nil {
+			return Phase{}, err
+		}
+		return Phase{Out: out, CPU: c1 - c0, ClientCPU: s1 - s0}, nil
 	}
 	if m.Sat, err = window(func() Outcome { return c.Closed(ctx, src, l.Workers, l.Duration, seq) }); err != nil {
 		return m, err
 	}
-	logf("  %-4s saturation: %8.0f checks/s, server %.2f cores, %6.1f µs CPU/check, %s", key, m.Sat.Out.Rate(), m.Sat.Busy(), us(m.Sat.PerCheck()), codeSummary(m.Sat.Out))
+	logf("  %-7s saturation: %7.0f checks/s, server %.2f cores, %6.1f µs CPU/check (client %.1f µs/call), %s", key, m.Sat.Out.Rate(), m.Sat.Busy(), us(m.Sat.PerCheck()), us(m.Sat.ClientPerCall()), codeSummary(m.Sat.Out))
 	if m.Sat.Out.Errors > 0 {
 		return m, fmt.Errorf("%s saturation: %d of %d calls failed: %v", key, m.Sat.Out.Errors, m.Sat.Out.Sent, m.Sat.Out.FirstErr)
 	}
@@ -95,7 +113,7 @@ func Measure(ctx context.Context, s *Server, key, title string, src Source, seq 
 	if m.Fixed, err = window(func() Outcome { return c.Open(ctx, src, l.Rate, l.Duration, l.Open, seq) }); err != nil {
 		return m, err
 	}
-	logf("  %-4s %5.0f/s fixed: p50 %6.0f µs, p99 %6.0f µs, p99.9 %6.0f µs, %6.1f µs CPU/check", key, m.Fixed.Out.Rate(),
+	logf("  %-7s %5.0f/s fixed: p50 %6.0f µs, p99 %6.0f µs, p99.9 %6.0f µs, %6.1f µs CPU/check", key, m.Fixed.Out.Rate(),
 		us(m.Fixed.Out.Pct(50)), us(m.Fixed.Out.Pct(99)), us(m.Fixed.Out.Pct(99.9)), us(m.Fixed.PerCheck()))
 	if m.Fixed.Out.Errors > 0 {
 		return m, fmt.Errorf("%s fixed rate: %d of %d calls failed: %v", key, m.Fixed.Out.Errors, m.Fixed.Out.Sent, m.Fixed.Out.FirstErr)

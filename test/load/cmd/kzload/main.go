@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -51,6 +52,7 @@ func run() int {
 	flag.StringVar(&o.Out, "out", "", "write the report here (e.g. test/load/RESULTS.md)")
 	flag.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
 	flag.BoolVar(&noFail, "report-only", false, "exit 0 even when a target fails (errors still exit 1)")
+	cpuprofile := flag.String("client-cpuprofile", "", "write a CPU profile of this process (the load client) here")
 	flag.Parse()
 
 	o.Command = "go run ./test/load/cmd/kzload " + strings.Join(os.Args[1:], " ")
@@ -81,6 +83,19 @@ func run() int {
 	o.Work = work
 	fmt.Fprintln(os.Stderr, "kzload: scratch directory", work)
 
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kzload:", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "kzload:", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := load.Run(ctx, o)
