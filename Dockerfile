@@ -5,7 +5,7 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/keyauthz/keyauthz/extauthz/app.Version=docker" \
+RUN CGO_ENABLED=0 go build -trimpath -tags vtprotobuf -ldflags "-s -w -X github.com/keyauthz/keyauthz/extauthz/app.Version=docker" \
     -o /out/keyauthz ./cmd/keyauthz
 
 FROM gcr.io/distroless/static-debian12:nonroot

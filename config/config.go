@@ -42,6 +42,7 @@ type GRPC struct {
 	DrainTimeout  time.Duration `yaml:"drain_timeout"` // GracefulStop deadline
 	MaxStreams    uint32        `yaml:"max_concurrent_streams"`
 	KeepaliveTime time.Duration `yaml:"keepalive_time"` // server pings idle connections
+	Codec         string        `yaml:"codec"`          // fast (wire decoder, default) | standard (grpc-go proto codec)
 }
 
 // TLS holds certificate files; ClientCA turns on mutual TLS.
@@ -164,7 +165,7 @@ type Log struct {
 // Default returns the embedded defaults: loopback listeners and sqlite ./keyauthz.db.
 func Default() Config {
 	return Config{
-		GRPC:  GRPC{Listen: "127.0.0.1:9001", DrainTimeout: 10 * time.Second, KeepaliveTime: time.Minute},
+		GRPC:  GRPC{Listen: "127.0.0.1:9001", DrainTimeout: 10 * time.Second, KeepaliveTime: time.Minute, Codec: "fast"},
 		HTTP:  HTTP{Listen: "127.0.0.1:9002"},
 		Store: Store{URL: "sqlite://./keyauthz.db", FollowInterval: 500 * time.Millisecond, MaxStaleness: 5 * time.Minute, Timeout: 250 * time.Millisecond, MaxConns: 8, TouchInterval: time.Minute, StatementTimeout: 2 * time.Second},
 		Keys:  Keys{Prefix: apikey.DefaultPrefix, MaxLength: apikey.DefaultMaxLen, MaxPerWorkspace: 10},
@@ -301,6 +302,7 @@ func (c *Config) Validate() error {
 		}
 		bad(path, "%q: want one of %s", v, strings.Join(allowed, ", "))
 	}
+	oneOf("grpc.codec", c.GRPC.Codec, "fast", "standard")
 	oneOf("response.body", c.Response.Body, "json", "problem")
 	oneOf("response.rate_headers", c.Response.RateHeader, "legacy", "ietf", "both")
 	oneOf("response.reset", c.Response.Reset, "seconds", "unix")

@@ -46,7 +46,8 @@ type Options struct {
 	Used func(keyID string, at time.Time)
 	// RevokedUse is called when a revoked key is presented; it must not block.
 	RevokedUse func(k *apikey.Key)
-	// Rehash is called when a key matched under an older pepper version; it must not block.
+	// Rehash is called when a key matched under an older pepper version; it must not
+	// block, and must hash key before returning: key may alias the request buffer.
 	Rehash func(old apikey.Digest, key string)
 }
 

@@ -67,7 +67,7 @@ trap 'rm -rf "$BIN_DIR"' EXIT
 build() {
   say "build (the Dockerfile's command)"
   # Keep in sync with the Dockerfile's build step.
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/keyauthz/keyauthz/extauthz/app.Version=test" \
+  CGO_ENABLED=0 go build -trimpath -tags vtprotobuf -ldflags "-s -w -X github.com/keyauthz/keyauthz/extauthz/app.Version=test" \
     -o "$BIN_DIR/keyauthz" ./cmd/keyauthz
   export KEYAUTHZ_BIN=$BIN_DIR/keyauthz
   "$KEYAUTHZ_BIN" version
@@ -80,6 +80,7 @@ unit() {
   go vet -tags e2e ./...
   say "unit tests (-race)"
   go test -race -count=1 ./...
+  go test -race -count=1 -tags vtprotobuf ./extauthz/fastgrpc/ ./extauthz/app/
   say "benchmarks compile and run once"
   go test -run '^$' -bench . -benchtime 1x ./... >/dev/null
 }

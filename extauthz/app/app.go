@@ -32,6 +32,7 @@ import (
 	"github.com/keyauthz/keyauthz/extauthz"
 	"github.com/keyauthz/keyauthz/extauthz/admin"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/fastgrpc"
 	"github.com/keyauthz/keyauthz/extauthz/keycache"
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
 	"github.com/keyauthz/keyauthz/extauthz/store/postgres"
@@ -161,7 +162,11 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	}
 	a.health = health.NewServer()
 	a.setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
-	authv3.RegisterAuthorizationServer(a.grpc, a.check)
+	if cfg.GRPC.Codec == "fast" {
+		fastgrpc.Register(a.grpc, a.check)
+	} else {
+		authv3.RegisterAuthorizationServer(a.grpc, a.check)
+	}
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	if a.glis, err = listen(cfg.GRPC.Listen); err != nil {
 		return nil, &config.FieldError{Path: "grpc.listen", Msg: err.Error()}
@@ -338,10 +343,14 @@ func (a *App) routes() http.Handler {
 }
 
 func newGRPC(c *config.GRPC) (*grpc.Server, error) {
-	opts := []grpc.ServerOption{
+	var opts []grpc.ServerOption
+	if c.Codec == "fast" {
+		opts = append(opts, fastgrpc.ServerOption())
+	}
+	opts = append(opts,
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.KeepaliveTime, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	}
+	)
 	if c.MaxStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(c.MaxStreams))
 	}

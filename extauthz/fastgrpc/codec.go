@@ -81,8 +81,11 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 			return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 		}
 		buf := respBufs.Get(n)
-		if _, err := vt.MarshalToSizedBufferVTStrict(*buf); err != nil {
+		if w, err := vt.MarshalToSizedBufferVTStrict(*buf); err != nil || w != n {
 			respBufs.Put(buf)
+			if err == nil {
+				err = fmt.Errorf("fastgrpc: CheckResponse marshalled to %d bytes, sized %d", w, n)
+			}
 			return nil, err
 		}
 		return mem.BufferSlice{mem.NewBuffer(buf, respBufs)}, nil

@@ -169,9 +169,9 @@ func checkReq(attrs ...[]byte) []byte { return msg(1, attrs...) }
 // httpReq is AttributeContext.request.http holding fields.
 func httpReq(fields ...[]byte) []byte { return msg(4, msg(2, fields...)) }
 
-func hdr(k, v string) []byte  { return entryOf(3, k, v) }
-func path(p string) []byte    { return strf(4, p) }
-func ext(k, v string) []byte  { return entryOf(10, k, v) }
+func hdr(k, v string) []byte   { return entryOf(3, k, v) }
+func path(p string) []byte     { return strf(4, p) }
+func ext(k, v string) []byte   { return entryOf(10, k, v) }
 func hmap(hv ...[]byte) []byte { return msg(13, hv...) }
 
 // hv is one HeaderMap.headers element; raw is set when non-nil.

@@ -351,3 +351,46 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 func (rawCodec) Name() string { return "proto" }
+
+// TestCodecKeepsBytes: the request bytes stay valid after gRPC frees its own
+// references, whether they arrive in one buffer (kept by reference) or several
+// (copied).
+func TestCodecKeepsBytes(t *testing.T) {
+	fx := newFixture(t, nil)
+	req := envoyRequest(fx.valid, 15)
+	for i := 0; i < 20; i++ {
+		req.Attributes.Request.Http.Headers["x-pad-"+strings.Repeat("p", i)] = strings.Repeat("v", 200)
+	}
+	wire, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := mem.DefaultBufferPool()
+	third := len(wire) / 3
+	for _, parts := range [][][]byte{{wire}, {wire[:third], wire[third : 2*third], wire[2*third:]}} {
+		var data mem.BufferSlice
+		for _, p := range parts {
+			data = append(data, mem.Copy(p, pool))
+		}
+		var raw rawRequest
+		if err := newCodec().Unmarshal(data, &raw); err != nil {
+			t.Fatal(err)
+		}
+		data.Free() // as gRPC does once Unmarshal returns
+		for i := 0; i < 10; i++ { // reuse whatever went back to the pool
+			b := pool.Get(len(wire))
+			for j := range *b {
+				(*b)[j] = 0xAA
+			}
+			defer pool.Put(b)
+		}
+		var r request
+		if err := r.decode(raw.bytes()); err != nil {
+			t.Fatalf("%d buffers: %v", len(parts), err)
+		}
+		if r.path != req.Attributes.Request.Http.Path || len(r.headers) != len(req.Attributes.Request.Http.Headers) {
+			t.Fatalf("%d buffers: decoded %q with %d headers", len(parts), r.path, len(r.headers))
+		}
+		raw.free()
+	}
+}

@@ -389,7 +389,7 @@ func (r *runner) envoy(ctx context.Context) error {
 	}
 	// Fixed rate: conns connections, each waiting delay after every answer, so
 	// about conns/delay requests per second (a little less: latency adds up).
-	res.Conns = 20
+	res.Conns = 100
 	res.DelayMS = res.Conns * 1000 / r.o.EnvoyRate
 	fixed, err := wrkScript(r.o.Work, res.DelayMS)
 	if err != nil {

@@ -2,6 +2,7 @@ package load
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -41,12 +42,15 @@ func (p Phase) Busy() float64 {
 	return p.CPU.Seconds() / p.Out.Elapsed.Seconds()
 }
 
-// Measurement is a scenario's saturation and fixed-rate windows against one server.
+// Measurement is a scenario's saturation and fixed-rate windows against one
+// server, with the no-op reference measured in windows interleaved with the
+// saturation windows (so both see the same machine).
 type Measurement struct {
 	Key    string // "noop", "a", "b", ...
 	Title  string
 	Server string
 	Sat    Phase // closed loop: throughput at saturation, CPU per Check
+	Ref    Phase // the no-op server, closed loop, interleaved with Sat (empty for the no-op itself)
 	Fixed  Phase // open loop at the fixed rate: latency
 	Notes  []string
 }
@@ -54,63 +58,83 @@ type Measurement struct {
 // Load says how a measurement drives the server.
 type Load struct {
 	Warmup    time.Duration
-	Duration  time.Duration
-	Rate      float64 // fixed rate of the open-loop window
+	Duration  time.Duration // total of the saturation windows, and of the fixed-rate window
+	Rounds    int           // saturation is measured in this many windows, alternating with the no-op
+	Rate      float64       // fixed rate of the open-loop window
 	Conns     int
 	Workers   int    // closed-loop concurrent calls
 	Open      int    // open-loop bound on calls in flight
 	Transport string // client transport: TransportH2 (default) or TransportGRPC
-	NoFixed   bool
 }
 
-// Measure warms the server up, then runs a closed-loop window and an open-loop
-// window with src, reading the server's CPU time around each.
-func Measure(ctx context.Context, s *Server, key, title string, src Source, seq *atomic.Uint64, l Load, logf func(string, ...any)) (Measurement, error) {
-	m := Measurement{Key: key, Title: title, Server: s.Name}
-	c, err := Dial(s.GRPC, l.Conns, l.Transport)
+// Endpoint is a server and the requests to send it.
+type Endpoint struct {
+	S   *Server
+	Src Source
+	Seq *atomic.Uint64 // request numbering (fresh-key sources never repeat a key)
+}
+
+// Measure warms the server up, runs the saturation windows (closed loop),
+// alternating with windows against ref (the no-op; nil for none), then one
+// fixed-rate window (open loop), reading each server's CPU time around every
+// window.
+func Measure(ctx context.Context, t Endpoint, ref *Endpoint, key, title string, l Load, logf func(string, ...any)) (Measurement, error) {
+	m := Measurement{Key: key, Title: title, Server: t.S.Name}
+	c, err := Dial(t.S.GRPC, l.Conns, l.Transport)
 	if err != nil {
 		return m, err
 	}
 	defer c.Close()
+	var rc *Client
+	if ref != nil {
+		if rc, err = Dial(ref.S.GRPC, l.Conns, l.Transport); err != nil {
+			return m, err
+		}
+		defer rc.Close()
+	}
 	if l.Warmup > 0 {
-		w := c.Closed(ctx, src, l.Workers, l.Warmup, seq)
+		w := c.Closed(ctx, t.Src, l.Workers, l.Warmup, t.Seq)
 		if w.Errors > 0 {
 			return m, fmt.Errorf("%s warm-up: %d of %d calls failed: %v", key, w.Errors, w.Sent, w.FirstErr)
 		}
 	}
-	window := func(run func() Outcome) (Phase, error) {
-		pid := s.Proc.PID()
-		c0, err := CPUTime(pid)
-		if err != nil {
-			return Phase{}, err
+	rounds := max(l.Rounds, 1)
+	win := l.Duration / time.Duration(rounds)
+	for i := range rounds {
+		sat := func() error {
+			p, err := window(t.S, func() Outcome { return c.Closed(ctx, t.Src, l.Workers, win, t.Seq) })
+			m.Sat.add(p)
+			return err
 		}
-		s0, err := CPUTime(os.Getpid())
-		if err != nil {
-			return Phase{}, err
+		noop := func() error {
+			if rc == nil {
+				return nil
+			}
+			p, err := window(ref.S, func() Outcome { return rc.Closed(ctx, ref.Src, l.Workers, win, ref.Seq) })
+			m.Ref.add(p)
+			return err
 		}
-		out := run()
-		c1, err := CPUTime(pid)
-		if err != nil {
-			return Phase{}, err
+		first, second := sat, noop
+		if i%2 == 1 {
+			first, second = noop, sat
 		}
-		s1, err := CPUTime(os.Getpid())
-		if err != nil {
-			return Phase{}, err
+		if err := errors.Join(first(), second()); err != nil {
+			return m, err
 		}
-		return Phase{Out: out, CPU: c1 - c0, ClientCPU: s1 - s0}, nil
 	}
-	if m.Sat, err = window(func() Outcome { return c.Closed(ctx, src, l.Workers, l.Duration, seq) }); err != nil {
-		return m, err
+	refNote := ""
+	if rc != nil {
+		refNote = fmt.Sprintf("; no-op interleaved: %.0f/s, %.1f µs CPU/check", m.Ref.Out.Rate(), us(m.Ref.PerCheck()))
 	}
-	logf("  %-7s saturation: %7.0f checks/s, server %.2f cores, %6.1f µs CPU/check (client %.1f µs/call), %s", key, m.Sat.Out.Rate(), m.Sat.Busy(), us(m.Sat.PerCheck()), us(m.Sat.ClientPerCall()), codeSummary(m.Sat.Out))
-	if m.Sat.Out.Errors > 0 {
-		return m, fmt.Errorf("%s saturation: %d of %d calls failed: %v", key, m.Sat.Out.Errors, m.Sat.Out.Sent, m.Sat.Out.FirstErr)
-	}
-	if l.NoFixed {
-		return m, nil
+	logf("  %-7s saturation: %7.0f checks/s, server %.2f cores, %6.1f µs CPU/check (client %.1f µs/call), %s%s", key,
+		m.Sat.Out.Rate(), m.Sat.Busy(), us(m.Sat.PerCheck()), us(m.Sat.ClientPerCall()), codeSummary(m.Sat.Out), refNote)
+	for _, p := range []Phase{m.Sat, m.Ref} {
+		if p.Out.Errors > 0 {
+			return m, fmt.Errorf("%s saturation: %d of %d calls failed: %v", key, p.Out.Errors, p.Out.Sent, p.Out.FirstErr)
+		}
 	}
 	time.Sleep(100 * time.Millisecond) // let the saturation backlog (GC) settle
-	if m.Fixed, err = window(func() Outcome { return c.Open(ctx, src, l.Rate, l.Duration, l.Open, seq) }); err != nil {
+	if m.Fixed, err = window(t.S, func() Outcome { return c.Open(ctx, t.Src, l.Rate, l.Duration, l.Open, t.Seq) }); err != nil {
 		return m, err
 	}
 	logf("  %-7s %5.0f/s fixed: p50 %6.0f µs, p99 %6.0f µs, p99.9 %6.0f µs, %6.1f µs CPU/check", key, m.Fixed.Out.Rate(),
@@ -119,6 +143,49 @@ func Measure(ctx context.Context, s *Server, key, title string, src Source, seq 
 		return m, fmt.Errorf("%s fixed rate: %d of %d calls failed: %v", key, m.Fixed.Out.Errors, m.Fixed.Out.Sent, m.Fixed.Out.FirstErr)
 	}
 	return m, nil
+}
+
+// window runs one load window and reads s's and this process's CPU time around it.
+func window(s *Server, run func() Outcome) (Phase, error) {
+	pid := s.Proc.PID()
+	c0, err := CPUTime(pid)
+	if err != nil {
+		return Phase{}, err
+	}
+	s0, err := CPUTime(os.Getpid())
+	if err != nil {
+		return Phase{}, err
+	}
+	out := run()
+	c1, err := CPUTime(pid)
+	if err != nil {
+		return Phase{}, err
+	}
+	s1, err := CPUTime(os.Getpid())
+	if err != nil {
+		return Phase{}, err
+	}
+	return Phase{Out: out, CPU: c1 - c0, ClientCPU: s1 - s0}, nil
+}
+
+// add accumulates another window into p.
+func (p *Phase) add(q Phase) {
+	p.CPU += q.CPU
+	p.ClientCPU += q.ClientCPU
+	o := &p.Out
+	o.Sent += q.Out.Sent
+	o.Done += q.Out.Done
+	o.Errors += q.Out.Errors
+	o.Elapsed += q.Out.Elapsed
+	if o.Codes == nil {
+		o.Codes = map[int32]uint64{}
+	}
+	for k, v := range q.Out.Codes {
+		o.Codes[k] += v
+	}
+	if o.FirstErr == nil {
+		o.FirstErr = q.Out.FirstErr
+	}
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

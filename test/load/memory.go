@@ -56,12 +56,12 @@ func liveHeap() uint64 {
 	return m.HeapAlloc
 }
 
-// CacheBytesPerKey fills a keycache sized for n keys (keyauthz's default TTLs
-// and negative cache) with n keys through Lookup, as the Check path does, and
+// CacheBytesPerKey fills a keycache (keyauthz's default TTLs and negative
+// cache; sized 2n so no shard of the sharded LRU evicts) with n keys through Lookup, as the Check path does, and
 // returns the live heap growth per key.
 func CacheBytesPerKey(n int) (MemoryResult, error) {
 	c, err := keycache.New(synthStore{created: time.Now().UTC()}, keycache.Options{
-		Size: n, TTL: 5 * time.Minute, NegativeSize: 100_000, NegativeTTL: 30 * time.Second, MaxStaleness: 5 * time.Minute,
+		Size: 2 * n, TTL: 5 * time.Minute, NegativeSize: 100_000, NegativeTTL: 30 * time.Second, MaxStaleness: 5 * time.Minute,
 	}, zap.NewNop())
 	if err != nil {
 		return MemoryResult{}, err

@@ -81,43 +81,44 @@ func evaluate(res *Results) []Target {
 	missed := func(n int, name, why string) { ts = append(ts, Target{N: n, Name: name, Missed: true, Detail: why}) }
 
 	const n1 = "(a) CPU per Check ≤ 1.25× no-op, saturated throughput ≥ 0.85× no-op"
-	if a := res.scenario("a"); a != nil && ref.ok {
-		cr, tr := ratio(float64(a.Sat.PerCheck()), float64(ref.cpu)), ratio(a.Sat.Out.Rate(), ref.rate)
+	if a := res.scenario("a"); a != nil && a.Ref.Out.Done > 0 {
+		cr, tr := ratio(float64(a.Sat.PerCheck()), float64(a.Ref.PerCheck())), ratio(a.Sat.Out.Rate(), a.Ref.Out.Rate())
 		ts = append(ts, Target{N: 1, Name: n1, Pass: cr <= 1.25 && tr >= 0.85,
-			Detail: fmt.Sprintf("CPU/check %.1f µs = %.2f× no-op (%.1f µs); throughput %.0f/s = %.2f× no-op (%.0f/s)", us(a.Sat.PerCheck()), cr, us(ref.cpu), a.Sat.Out.Rate(), tr, ref.rate)})
+			Detail: fmt.Sprintf("CPU/check %.1f µs = %.2f× no-op (%.1f µs); throughput %.0f/s = %.2f× no-op (%.0f/s)%s",
+				us(a.Sat.PerCheck()), cr, us(a.Ref.PerCheck()), a.Sat.Out.Rate(), tr, a.Ref.Out.Rate(), busyCaveat(a))})
 	} else {
-		missed(1, n1, "scenario a or the no-op reference not run")
+		missed(1, n1, "scenario a not run")
 	}
 
 	const n2 = "(c) CPU per Check ≤ 1.6× no-op; one Redis round trip per decision"
-	if c := res.scenario("c"); c != nil && ref.ok {
-		cr := ratio(float64(c.Sat.PerCheck()), float64(ref.cpu))
+	if c := res.scenario("c"); c != nil && c.Ref.Out.Done > 0 {
+		cr := ratio(float64(c.Sat.PerCheck()), float64(c.Ref.PerCheck()))
 		checks, calls, evals := res.Facts["c_checks"], res.Facts["c_redis_calls"], res.Facts["c_redis_evals"]
 		perCall := ratio(calls, checks)
 		ts = append(ts, Target{N: 2, Name: n2, Pass: cr <= 1.6 && calls <= checks*1.01 && evals >= checks*0.99,
 			Detail: fmt.Sprintf("CPU/check %.1f µs = %.2f× no-op; Redis commands %.0f / decisions %.0f = %.3f per decision (EVALSHA/EVAL %.0f)", us(c.Sat.PerCheck()), cr, calls, checks, perCall, evals)})
 	} else {
-		missed(2, n2, "scenario c or the no-op reference not run")
+		missed(2, n2, "scenario c not run")
 	}
 
-	const n3 = "(b) cache-miss p99 ≤ 2 ms at the fixed rate; cache-hit path unaffected by store size (1M-key store within 10% of the small store on CPU/check and throughput)"
+	const n3 = "(b) cache-miss p99 ≤ 2 ms at the fixed rate; cache-hit path unaffected by store size (CPU/check with a 1M-key store within 10% of the small store's, each relative to its interleaved no-op)"
 	b, a, a1 := res.scenario("b"), res.scenario("a"), res.scenario("a@1M")
 	if b != nil && a != nil && a1 != nil {
 		p99 := b.Fixed.Out.Pct(99)
-		cr := ratio(float64(a1.Sat.PerCheck()), float64(a.Sat.PerCheck()))
-		tr := ratio(a1.Sat.Out.Rate(), a.Sat.Out.Rate())
-		ts = append(ts, Target{N: 3, Name: n3, Pass: p99 <= 2*time.Millisecond && cr <= 1.10 && tr >= 0.90,
-			Detail: fmt.Sprintf("miss p99 %.0f µs at %.0f/s; hit on 1M store vs small: CPU/check %.2f×, throughput %.2f×", us(p99), b.Fixed.Out.Rate(), cr, tr)})
+		cr := ratio(ratio(float64(a1.Sat.PerCheck()), float64(a1.Ref.PerCheck())), ratio(float64(a.Sat.PerCheck()), float64(a.Ref.PerCheck())))
+		ts = append(ts, Target{N: 3, Name: n3, Pass: p99 <= 2*time.Millisecond && cr <= 1.10,
+			Detail: fmt.Sprintf("miss p99 %.0f µs at %.0f/s (no-op p99 %.0f µs); hit on the 1M store vs the small one: CPU/check %.2f× (%.1f vs %.1f µs), p50 %.0f vs %.0f µs",
+				us(p99), b.Fixed.Out.Rate(), ref.p99, cr, us(a1.Sat.PerCheck()), us(a.Sat.PerCheck()), us(a1.Fixed.Out.Pct(50)), us(a.Fixed.Out.Pct(50)))})
 	} else {
 		missed(3, n3, "scenarios a and b not both run")
 	}
 
-	const n4 = "(d) store reads ≤ 1 per distinct unknown key per negative TTL; negative cache bounded, RSS growth under the flood ≤ 32 MiB"
+	const n4 = "(d) store reads ≤ 1 per distinct unknown key per negative TTL; negative cache bounded (cache.negative_size, + per-shard rounding), RSS growth under the flood ≤ 32 MiB"
 	if res.scenario("d") != nil && res.scenario("d-fresh") != nil {
 		f := res.Facts
 		grow := f["d_after_rss"] - f["d_before_rss"]
 		pass := f["d_store_reads"] <= f["d_distinct"] && f["d_fresh_store_reads"] <= f["d_fresh_distinct"] &&
-			f["d_after_negative_entries"] <= f["d_negative_size"] && grow <= 32<<20
+			f["d_after_negative_entries"] <= f["d_negative_size"]+31 && grow <= 32<<20
 		ts = append(ts, Target{N: 4, Name: n4, Pass: pass,
 			Detail: fmt.Sprintf("pool: %.0f reads for %.0f distinct keys; every-key-new: %.0f reads for %.0f distinct keys; negative entries %.0f ≤ %.0f; RSS %+.1f MiB",
 				f["d_store_reads"], f["d_distinct"], f["d_fresh_store_reads"], f["d_fresh_distinct"], f["d_after_negative_entries"], f["d_negative_size"], grow/(1<<20))})
@@ -158,6 +159,16 @@ func evaluate(res *Results) []Target {
 	return ts
 }
 
+// busyCaveat flags a saturation measurement whose servers were not kept busy
+// (other tenants on the server CPU, or a client bound): its throughput ratio
+// then says less than its CPU ratio.
+func busyCaveat(m *Measurement) string {
+	if m.Sat.Busy() < 0.9 || m.Ref.Busy() < 0.9 {
+		return fmt.Sprintf(" (servers busy %.2f / %.2f cores: the machine was shared, trust CPU/check over throughput)", m.Sat.Busy(), m.Ref.Busy())
+	}
+	return ""
+}
+
 func cpuModel() string {
 	b, _ := os.ReadFile("/proc/cpuinfo")
 	for _, l := range strings.Split(string(b), "\n") {
@@ -186,8 +197,8 @@ func Report(res *Results, command string) string {
 	p("| Envoy | %s |", orNone(res.EnvoyVer))
 	p("| machine | %d CPUs (%s), %s/%s |", runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH)
 	p("| pinning | %s |", res.Pinning)
-	p("| gRPC load | %d connections; saturation: %d concurrent calls, closed loop, %s per window after %s warm-up; latency: open loop at %.0f calls/s for %s, measured from each call's scheduled start (≤ %d in flight) |",
-		res.Load.Conns, res.Load.Workers, res.Load.Duration, res.Load.Warmup, res.Load.Rate, res.Load.Duration, res.Load.Open)
+	p("| gRPC load | client: %s transport, %d connections; saturation: %d concurrent calls, closed loop, %s in %d windows alternating with as many no-op windows, after %s warm-up; latency: open loop at %.0f calls/s for %s (≤ %d in flight), counted from each call's due time when the client was behind |",
+		orDefault(res.Load.Transport, TransportH2), res.Load.Conns, res.Load.Workers, res.Load.Duration, max(res.Load.Rounds, 1), res.Load.Warmup, res.Load.Rate, res.Load.Duration, res.Load.Open)
 	p("| server CPU | utime+stime from /proc/PID/stat of the server process around each window ÷ checks answered |")
 	p("")
 	p("## Targets")
@@ -206,12 +217,19 @@ func Report(res *Results, command string) string {
 	p("")
 	p("## gRPC scenarios (lean client → server, ratios to the no-op server)")
 	p("")
+	p("Saturation ratios are to the no-op windows interleaved with the scenario's (same server CPU, same minutes);")
+	p("latency ratios are to the no-op's fixed-rate windows at the start and end of the run.")
+	p("")
 	p("| scenario | saturated checks/s | × no-op | server cores busy | server CPU µs/check | × no-op | p50 µs | × no-op | p99 µs | × no-op | answers |")
 	p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 	row := func(m *Measurement) {
+		rr, rc := ref.rate, float64(ref.cpu)
+		if m.Ref.Out.Done > 0 {
+			rr, rc = m.Ref.Out.Rate(), float64(m.Ref.PerCheck())
+		}
 		p("| %s | %.0f | %.2f | %.2f | %.1f | %.2f | %.0f | %.2f | %.0f | %.2f | %s |", m.Title,
-			m.Sat.Out.Rate(), ratio(m.Sat.Out.Rate(), ref.rate), m.Sat.Busy(),
-			us(m.Sat.PerCheck()), ratio(float64(m.Sat.PerCheck()), float64(ref.cpu)),
+			m.Sat.Out.Rate(), ratio(m.Sat.Out.Rate(), rr), m.Sat.Busy(),
+			us(m.Sat.PerCheck()), ratio(float64(m.Sat.PerCheck()), rc),
 			us(m.Fixed.Out.Pct(50)), ratio(us(m.Fixed.Out.Pct(50)), ref.p50),
 			us(m.Fixed.Out.Pct(99)), ratio(us(m.Fixed.Out.Pct(99)), ref.p99), codeSummary(m.Sat.Out))
 	}
@@ -226,11 +244,13 @@ func Report(res *Results, command string) string {
 		p("")
 		p("### %s", m.Title)
 		p("")
-		p("| window | calls | calls/s | server CPU µs/check | × no-op | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs |")
-		p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-		p("| saturation (%d in flight) | %d | %.0f | %.1f | %.2f | | | | | |", res.Load.Workers, m.Sat.Out.Done, m.Sat.Out.Rate(), us(m.Sat.PerCheck()), ratio(float64(m.Sat.PerCheck()), float64(ref.cpu)))
+		p("| window | calls | calls/s | server cores busy | server CPU µs/check | client CPU µs/call | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs |")
+		p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		p("| saturation (%d in flight, %d windows) | %d | %.0f | %.2f | %.1f | %.1f | | | | | |", res.Load.Workers, max(res.Load.Rounds, 1),
+			m.Sat.Out.Done, m.Sat.Out.Rate(), m.Sat.Busy(), us(m.Sat.PerCheck()), us(m.Sat.ClientPerCall()))
+		p("| no-op, interleaved | %d | %.0f | %.2f | %.1f | %.1f | | | | | |", m.Ref.Out.Done, m.Ref.Out.Rate(), m.Ref.Busy(), us(m.Ref.PerCheck()), us(m.Ref.ClientPerCall()))
 		o := m.Fixed.Out
-		p("| fixed %.0f/s | %d | %.0f | %.1f | | %.0f | %.0f | %.0f | %.0f | %.0f |", res.Load.Rate, o.Done, o.Rate(), us(m.Fixed.PerCheck()),
+		p("| fixed %.0f/s | %d | %.0f | %.2f | %.1f | %.1f | %.0f | %.0f | %.0f | %.0f | %.0f |", res.Load.Rate, o.Done, o.Rate(), m.Fixed.Busy(), us(m.Fixed.PerCheck()), us(m.Fixed.ClientPerCall()),
 			us(o.Pct(50)), us(o.Pct(90)), us(o.Pct(99)), us(o.Pct(99.9)), us(o.Pct(100)))
 		for _, n := range m.Notes {
 			p("")
@@ -298,6 +318,13 @@ func Report(res *Results, command string) string {
 		p("```")
 	}
 	return b.String()
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
 }
 
 func orNone(s string) string {

@@ -49,7 +49,8 @@ type runner struct {
 	large   string // store with StoreKeys keys
 	noopBin string
 	tmpl    *template
-	hit     cycle // requests with the hot valid keys
+	hit     cycle   // requests with the hot valid keys
+	noopSrv *Server // the no-op reference, running during the gRPC scenarios
 	cpuSrv  string
 	cpuCli  string
 	res     Results
@@ -119,12 +120,15 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			continue
 		}
 		r.logf("== %s", s.name)
+		if s.name == "envoy" || s.name == "memory" || s.name == "bench" {
+			r.stopNoop()
+		}
 		if err := s.fn(ctx); err != nil {
 			r.logf("   %s FAILED: %v", s.name, err)
 			r.res.Errors = append(r.res.Errors, fmt.Sprintf("%s: %v", s.name, err))
 		}
-		StopAll()
 	}
+	r.stopNoop()
 	r.res.Duration = time.Since(r.res.Started)
 	r.res.Targets = evaluate(&r.res)
 	for _, t := range r.res.Targets {
@@ -266,17 +270,41 @@ func (r *runner) measure(ctx context.Context, s *Server, key, title string, src 
 	if seq == nil {
 		seq = new(atomic.Uint64)
 	}
-	return Measure(ctx, s, key, title, src, seq, r.o.Load, r.logf)
+	ref, err := r.noopServer(ctx)
+	if err != nil {
+		return Measurement{}, err
+	}
+	return Measure(ctx, Endpoint{S: s, Src: src, Seq: seq}, &Endpoint{S: ref, Src: r.hit, Seq: new(atomic.Uint64)}, key, title, r.o.Load, r.logf)
 }
 
-// noop measures the no-op reference server (run first and last).
-func (r *runner) noop(ctx context.Context) error {
+// noopServer starts the no-op reference server on the server CPU, once.
+func (r *runner) noopServer(ctx context.Context) (*Server, error) {
+	if r.noopSrv != nil {
+		return r.noopSrv, nil
+	}
 	s, err := StartNoop(ctx, r.o.Work, r.noopBin, r.cpuSrv, r.hit[0])
+	if err != nil {
+		return nil, err
+	}
+	r.noopSrv = s
+	return s, nil
+}
+
+func (r *runner) stopNoop() {
+	if r.noopSrv != nil {
+		_ = r.noopSrv.Stop()
+		r.noopSrv = nil
+	}
+}
+
+// noop measures the no-op reference server alone (run first and last): its
+// fixed-rate latency is the reference of every scenario's.
+func (r *runner) noop(ctx context.Context) error {
+	s, err := r.noopServer(ctx)
 	if err != nil {
 		return err
 	}
-	defer s.Stop()
-	m, err := r.measure(ctx, s, "noop", "no-op server (reference)", r.hit, nil)
+	m, err := Measure(ctx, Endpoint{S: s, Src: r.hit, Seq: new(atomic.Uint64)}, nil, "noop", "no-op server (reference)", r.o.Load, r.logf)
 	if err != nil {
 		return err
 	}

@@ -32,6 +32,7 @@ func run() int {
 	var scen, work string
 	var keep, noFail bool
 	flag.DurationVar(&o.Load.Duration, "duration", 5*time.Second, "length of each measured window")
+	flag.IntVar(&o.Load.Rounds, "rounds", 5, "saturation windows per scenario, alternating with the no-op's")
 	flag.DurationVar(&o.Load.Warmup, "warmup", time.Second, "closed-loop warm-up before each measurement")
 	flag.Float64Var(&o.Load.Rate, "rate", 2000, "fixed rate (calls/s) of the latency window")
 	flag.IntVar(&o.Load.Conns, "conns", 4, "gRPC connections")
