@@ -29,6 +29,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/keyauthz/keyauthz/extauthz/store/internal/row"
 	"io"
 	"net"
 	"regexp"
@@ -316,8 +317,6 @@ func scrub(msg string, secrets ...string) string {
 
 // ---------------------------------------------------------------- encoding
 
-func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
-
 // micros maps a time to its column value: NULL for zero, Unix microseconds otherwise.
 func micros(t time.Time) *int64 {
 	if t.IsZero() {
@@ -332,49 +331,6 @@ func fromMicros(v *int64) time.Time {
 		return time.Time{}
 	}
 	return time.UnixMicro(*v).UTC()
-}
-
-// norm returns t as it will read back: UTC, microsecond precision.
-func norm(t time.Time) time.Time {
-	if t.IsZero() {
-		return t
-	}
-	return time.UnixMicro(t.UnixMicro()).UTC()
-}
-
-func encodeGrants(g []string) (string, error) {
-	if len(g) == 0 {
-		return "", nil
-	}
-	b, err := json.Marshal(g)
-	return string(b), err
-}
-
-func encodeMeta(m map[string]string) (string, error) {
-	if len(m) == 0 {
-		return "", nil
-	}
-	b, err := json.Marshal(m)
-	return string(b), err
-}
-
-func joinDigests(ds [][32]byte) []byte {
-	b := make([]byte, 0, 32*len(ds))
-	for _, d := range ds {
-		b = append(b, d[:]...)
-	}
-	return b
-}
-
-func splitDigests(b []byte) ([][32]byte, error) {
-	if len(b)%32 != 0 {
-		return nil, fmt.Errorf("digest list of %d bytes is not a multiple of 32", len(b))
-	}
-	out := make([][32]byte, len(b)/32)
-	for i := range out {
-		copy(out[i][:], b[32*i:])
-	}
-	return out, nil
 }
 
 // limit maps "limit <= 0 means all" to a LIMIT parameter (NULL: no limit).
@@ -518,7 +474,7 @@ func (s *Store) Changes(ctx context.Context, after int64, n int) ([]apikey.Chang
 		c.At = time.UnixMicro(at).UTC()
 		c.Kind = apikey.ChangeKind(kind)
 		var err error
-		if c.Digests, err = splitDigests(ds); err != nil {
+		if c.Digests, err = row.SplitDigests(ds); err != nil {
 			return c, fmt.Errorf("seq %d: %w", c.Seq, err)
 		}
 		return c, nil
@@ -578,17 +534,17 @@ func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error
 		}
 		k.ID = id
 	}
-	at := now()
+	at := row.Now()
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = at
 	}
-	k.CreatedAt, k.ExpiresAt, k.NotBefore = norm(k.CreatedAt), norm(k.ExpiresAt), norm(k.NotBefore)
+	k.CreatedAt, k.ExpiresAt, k.NotBefore = row.Norm(k.CreatedAt), row.Norm(k.ExpiresAt), row.Norm(k.NotBefore)
 	k.RevokedAt, k.LastUsedAt, k.PepperVersion = time.Time{}, time.Time{}, 0
-	grants, err := encodeGrants(k.Grants)
+	grants, err := row.Grants(k.Grants)
 	if err != nil {
 		return apikey.Key{}, fmt.Errorf("postgres create: grants: %w", err)
 	}
-	meta, err := encodeMeta(k.Metadata)
+	meta, err := row.Meta(k.Metadata)
 	if err != nil {
 		return apikey.Key{}, fmt.Errorf("postgres create: metadata: %w", err)
 	}
@@ -667,7 +623,7 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 		if err != nil {
 			return fmt.Errorf("postgres refresh %s: %w", id, err)
 		}
-		at := now()
+		at := row.Now()
 		// Only this key's digests (locked through its row): a global prune would
 		// make concurrent refreshes of different keys contend for the same rows.
 		if _, err := tx.Exec(ctx, `DELETE FROM digests WHERE key_id = $1 AND expires_at IS NOT NULL AND expires_at <= $2`,
@@ -711,7 +667,7 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 // Delete revokes a live key at once; its digests stay so Lookup reports it revoked.
 func (s *Store) Delete(ctx context.Context, id, actor string) error {
 	return s.write(ctx, func(tx pgx.Tx) error {
-		at := now()
+		at := row.Now()
 		var ws string
 		err := tx.QueryRow(ctx, `UPDATE keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL
 			RETURNING workspace`, id, at.UnixMicro()).Scan(&ws)
@@ -757,7 +713,7 @@ func (s *Store) Rehash(ctx context.Context, old, d apikey.Digest) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM digests WHERE digest = $1`, old.Sum[:]); err != nil {
 			return fmt.Errorf("postgres rehash: drop digest: %w", err)
 		}
-		return appendChange(ctx, tx, now(), id, apikey.Rehashed, [][32]byte{old.Sum})
+		return appendChange(ctx, tx, row.Now(), id, apikey.Rehashed, [][32]byte{old.Sum})
 	})
 }
 
@@ -795,7 +751,7 @@ func (s *Store) Touch(ctx context.Context, used map[string]time.Time) error {
 // Audit appends an audit event; a zero At is stamped with now.
 func (s *Store) Audit(ctx context.Context, e apikey.Event) error {
 	if e.At.IsZero() {
-		e.At = now()
+		e.At = row.Now()
 	}
 	if _, err := s.pool.Exec(ctx, insertEventSQL, e.At.UnixMicro(), e.Kind, e.Workspace, e.KeyID, e.Actor, e.Detail); err != nil {
 		s.lost(err) // not retried: it may have been recorded
@@ -843,7 +799,7 @@ SELECT seq, pg_notify('` + Channel + `', seq::text) FROM c`
 // transaction, so that the feed's lock is held as briefly as possible.
 func appendChange(ctx context.Context, tx pgx.Tx, at time.Time, id string, kind apikey.ChangeKind, ds [][32]byte) error {
 	var seq int64
-	if err := tx.QueryRow(ctx, appendChangeSQL, at.UnixMicro(), id, string(kind), joinDigests(ds)).Scan(&seq, nil); err != nil {
+	if err := tx.QueryRow(ctx, appendChangeSQL, at.UnixMicro(), id, string(kind), row.JoinDigests(ds)).Scan(&seq, nil); err != nil {
 		return fmt.Errorf("postgres record change: %w", err)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/keyauthz/keyauthz/extauthz/store/internal/row"
 	"net/url"
 	"strings"
 	"sync"
@@ -138,8 +139,6 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 
 // ---------------------------------------------------------------- encoding
 
-func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
-
 // micros maps a time to its column value: NULL for zero, Unix microseconds otherwise.
 func micros(t time.Time) any {
 	if t.IsZero() {
@@ -153,49 +152,6 @@ func fromMicros(v sql.NullInt64) time.Time {
 		return time.Time{}
 	}
 	return time.UnixMicro(v.Int64).UTC()
-}
-
-// norm returns t as it will read back: UTC, microsecond precision.
-func norm(t time.Time) time.Time {
-	if t.IsZero() {
-		return t
-	}
-	return time.UnixMicro(t.UnixMicro()).UTC()
-}
-
-func encodeGrants(g []string) (string, error) {
-	if len(g) == 0 {
-		return "", nil
-	}
-	b, err := json.Marshal(g)
-	return string(b), err
-}
-
-func encodeMeta(m map[string]string) (string, error) {
-	if len(m) == 0 {
-		return "", nil
-	}
-	b, err := json.Marshal(m)
-	return string(b), err
-}
-
-func joinDigests(ds [][32]byte) []byte {
-	b := make([]byte, 0, 32*len(ds))
-	for _, d := range ds {
-		b = append(b, d[:]...)
-	}
-	return b
-}
-
-func splitDigests(b []byte) ([][32]byte, error) {
-	if len(b)%32 != 0 {
-		return nil, fmt.Errorf("digest list of %d bytes is not a multiple of 32", len(b))
-	}
-	out := make([][32]byte, len(b)/32)
-	for i := range out {
-		copy(out[i][:], b[32*i:])
-	}
-	return out, nil
 }
 
 // keyCols are the keys columns every read selects, in scanKey's order.
@@ -331,7 +287,7 @@ func (s *Store) Changes(ctx context.Context, after int64, limit int) ([]apikey.C
 		}
 		c.At = time.UnixMicro(at).UTC()
 		c.Kind = apikey.ChangeKind(kind)
-		if c.Digests, err = splitDigests(ds); err != nil {
+		if c.Digests, err = row.SplitDigests(ds); err != nil {
 			return nil, fmt.Errorf("sqlite changes: seq %d: %w", c.Seq, err)
 		}
 		out = append(out, c)
@@ -393,17 +349,17 @@ func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error
 		}
 		k.ID = id
 	}
-	at := now()
+	at := row.Now()
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = at
 	}
-	k.CreatedAt, k.ExpiresAt, k.NotBefore = norm(k.CreatedAt), norm(k.ExpiresAt), norm(k.NotBefore)
+	k.CreatedAt, k.ExpiresAt, k.NotBefore = row.Norm(k.CreatedAt), row.Norm(k.ExpiresAt), row.Norm(k.NotBefore)
 	k.RevokedAt, k.LastUsedAt, k.PepperVersion = time.Time{}, time.Time{}, 0
-	grants, err := encodeGrants(k.Grants)
+	grants, err := row.Grants(k.Grants)
 	if err != nil {
 		return apikey.Key{}, fmt.Errorf("sqlite create: grants: %w", err)
 	}
-	meta, err := encodeMeta(k.Metadata)
+	meta, err := row.Meta(k.Metadata)
 	if err != nil {
 		return apikey.Key{}, fmt.Errorf("sqlite create: metadata: %w", err)
 	}
@@ -463,7 +419,7 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 		if err != nil {
 			return fmt.Errorf("sqlite refresh %s: %w", id, err)
 		}
-		at := now()
+		at := row.Now()
 		if _, err := tx.ExecContext(ctx, `DELETE FROM digests WHERE expires_at IS NOT NULL AND expires_at <= ?`,
 			at.UnixMicro()); err != nil {
 			return fmt.Errorf("sqlite refresh: prune grace digests: %w", err)
@@ -514,7 +470,7 @@ func (s *Store) Delete(ctx context.Context, id, actor string) error {
 		if err != nil {
 			return fmt.Errorf("sqlite delete %s: %w", id, err)
 		}
-		at := now()
+		at := row.Now()
 		if _, err := tx.ExecContext(ctx, `UPDATE keys SET revoked_at = ? WHERE id = ?`, at.UnixMicro(), id); err != nil {
 			return fmt.Errorf("sqlite delete %s: %w", id, err)
 		}
@@ -554,7 +510,7 @@ func (s *Store) Rehash(ctx context.Context, old, d apikey.Digest) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM digests WHERE digest = ?`, old.Sum[:]); err != nil {
 			return fmt.Errorf("sqlite rehash: drop digest: %w", err)
 		}
-		return addChange(ctx, tx, now(), id, apikey.Rehashed, [][32]byte{old.Sum})
+		return addChange(ctx, tx, row.Now(), id, apikey.Rehashed, [][32]byte{old.Sum})
 	})
 }
 
@@ -584,7 +540,7 @@ func (s *Store) Touch(ctx context.Context, used map[string]time.Time) error {
 // Audit appends an audit event; a zero At is stamped with now.
 func (s *Store) Audit(ctx context.Context, e apikey.Event) error {
 	if e.At.IsZero() {
-		e.At = now()
+		e.At = row.Now()
 	}
 	return s.write(ctx, func(tx *sql.Tx) error { return addEvent(ctx, tx, e) })
 }
@@ -616,7 +572,7 @@ func keyDigests(ctx context.Context, tx *sql.Tx, id string) ([][32]byte, error) 
 
 func addChange(ctx context.Context, tx *sql.Tx, at time.Time, id string, kind apikey.ChangeKind, ds [][32]byte) error {
 	if _, err := tx.ExecContext(ctx, `INSERT INTO changes (at, key_id, kind, digests) VALUES (?, ?, ?, ?)`,
-		at.UnixMicro(), id, string(kind), joinDigests(ds)); err != nil {
+		at.UnixMicro(), id, string(kind), row.JoinDigests(ds)); err != nil {
 		return fmt.Errorf("sqlite record change: %w", err)
 	}
 	return nil

@@ -1,0 +1,59 @@
+// Package row holds the value encodings the SQL stores (sqlite, postgres) share,
+// so both keep one on-disk format for times, grants, metadata and digest lists.
+package row
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Now is the current time as stores keep it: UTC, microsecond precision.
+func Now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+// Norm returns t as it will read back: UTC, microsecond precision (zero stays zero).
+func Norm(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return time.UnixMicro(t.UnixMicro()).UTC()
+}
+
+// Grants encodes a grant list as JSON ("" when empty).
+func Grants(g []string) (string, error) {
+	if len(g) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(g)
+	return string(b), err
+}
+
+// Meta encodes a metadata map as JSON ("" when empty).
+func Meta(m map[string]string) (string, error) {
+	if len(m) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(m)
+	return string(b), err
+}
+
+// JoinDigests concatenates digest sums into one blob.
+func JoinDigests(ds [][32]byte) []byte {
+	b := make([]byte, 0, 32*len(ds))
+	for _, d := range ds {
+		b = append(b, d[:]...)
+	}
+	return b
+}
+
+// SplitDigests reverses JoinDigests.
+func SplitDigests(b []byte) ([][32]byte, error) {
+	if len(b)%32 != 0 {
+		return nil, fmt.Errorf("digest list of %d bytes is not a multiple of 32", len(b))
+	}
+	out := make([][32]byte, len(b)/32)
+	for i := range out {
+		copy(out[i][:], b[32*i:])
+	}
+	return out, nil
+}
