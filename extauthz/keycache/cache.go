@@ -60,9 +60,44 @@ const (
 // entry is one positive cache entry; key is never written after insertion,
 // retry only under the shard lock.
 type entry struct {
-	key   apikey.Key
+	key   compact
 	at    time.Duration // fetch time on the cache clock
 	retry time.Duration // while stale: do not ask the store again before this time
+}
+
+// compact is the part of a Key the Check path reads, kept small so a cached key
+// costs a few hundred bytes: times as Unix nanoseconds, no name, display,
+// creation or last-use time, or metadata (the admin API reads those from the store).
+type compact struct {
+	id, workspace            string
+	grants                   []string
+	expires, notBefore, revd int64 // Unix ns; 0 = unset
+	rate                     apikey.Rate
+	version                  int
+}
+
+func toNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+func pack(k apikey.Key) compact {
+	return compact{id: k.ID, workspace: k.Workspace, grants: k.Grants, expires: toNanos(k.ExpiresAt),
+		notBefore: toNanos(k.NotBefore), revd: toNanos(k.RevokedAt), rate: k.RateLimit, version: k.PepperVersion}
+}
+
+func (c *compact) unpack() apikey.Key {
+	return apikey.Key{ID: c.id, Workspace: c.workspace, Grants: c.grants, ExpiresAt: fromNanos(c.expires),
+		NotBefore: fromNanos(c.notBefore), RevokedAt: fromNanos(c.revd), RateLimit: c.rate, PepperVersion: c.version}
 }
 
 // call is one store read in flight; waiters read its result after done is closed.
@@ -202,8 +237,10 @@ func (c *Cache) shard(sum *[32]byte) *shard { return &c.shards[int(sum[0])&c.mas
 
 // Lookup returns the key for d from the cache or, on a miss, from the store.
 // Unknown digests return apikey.ErrNotFound; other store errors are returned
-// wrapped and not cached. The returned Key shares Grants and Metadata with the
-// cache: treat them as read-only.
+// wrapped and not cached. A Key answered from the cache carries only what the
+// Check path reads (ID, Workspace, Grants, ExpiresAt, NotBefore, RevokedAt,
+// RateLimit, PepperVersion); read the store for the rest. The returned Key
+// shares Grants with the cache: treat it as read-only.
 func (c *Cache) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
 	s := c.shard(&d.Sum)
 	now := c.clock()
@@ -212,7 +249,7 @@ func (c *Cache) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error)
 		if now-e.at <= c.ttl {
 			s.mu.Unlock()
 			s.hits.Add(1)
-			return e.key, nil
+			return e.key.unpack(), nil
 		}
 		return c.refresh(ctx, s, d, e, now)
 	}
@@ -239,7 +276,7 @@ func (c *Cache) refresh(ctx context.Context, s *shard, d apikey.Digest, e *entry
 		s.mu.Unlock()
 		s.misses.Add(1)
 		s.stale.Add(1)
-		return e.key, nil
+		return e.key.unpack(), nil
 	}
 	return c.wait(ctx, s, d)
 }
@@ -301,7 +338,7 @@ func (c *Cache) fetch(ctx context.Context, s *shard, d apikey.Digest, cl *call) 
 		cl.key = key
 		if !cl.evicted {
 			s.sweep(now, c)
-			s.pos.Add(d.Sum, &entry{key: key, at: now})
+			s.pos.Add(d.Sum, &entry{key: pack(key), at: now})
 			if s.neg != nil {
 				s.neg.Remove(d.Sum)
 			}
@@ -320,7 +357,7 @@ func (c *Cache) fetch(ctx context.Context, s *shard, d apikey.Digest, cl *call) 
 		e, ok := s.pos.Peek(d.Sum)
 		if ok && !cl.evicted && c.maxStale > 0 && now-e.at <= c.ttl+c.maxStale {
 			e.retry = now + c.retry
-			cl.key, cl.stale = e.key, true
+			cl.key, cl.stale = e.key.unpack(), true
 		} else {
 			cl.err = fmt.Errorf("keycache: store lookup: %w", err)
 		}
