@@ -40,7 +40,6 @@ type Options struct {
 	Realm         string                 // WWW-Authenticate realm
 	RateHeaders   string                 // "legacy", "ietf" or "both"
 	ResetUnix     bool                   // X-RateLimit-Reset as a Unix time instead of seconds
-	OnLimiterErr  string                 // "allow" or "deny" when the limiter fails
 	Now           func() time.Time       // clock; time.Now when nil
 	// Used is called for every allowed request (usage tracking); it must not block.
 	Used func(keyID string, at time.Time)
