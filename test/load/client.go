@@ -130,6 +130,23 @@ func (f *fresh) Next(buf []byte, i uint64) ([]byte, error) {
 	return f.t.fill(buf, k)
 }
 
+// errExhausted ends a closed loop when a bounded Source has no more requests.
+var errExhausted = errors.New("source exhausted")
+
+// bounded ends src after n requests: request numbers from start to start+n-1.
+type bounded struct {
+	src   Source
+	start uint64
+	n     uint64
+}
+
+func (b bounded) Next(buf []byte, i uint64) ([]byte, error) {
+	if i-b.start >= b.n {
+		return nil, errExhausted
+	}
+	return b.src.Next(buf, i)
+}
+
 // Client is a lean ext_authz load client: a few HTTP/2 connections, many
 // concurrent unary Check calls on them, pre-marshalled requests. Its default
 // transport is a minimal HTTP/2 gRPC client (h2conn); "grpc" uses grpc-go
@@ -297,6 +314,9 @@ func (c *Client) Closed(ctx context.Context, src Source, workers int, d time.Dur
 			var buf []byte
 			for !stop.Load() {
 				b, err := src.Next(buf, seq.Add(1)-1)
+				if errors.Is(err, errExhausted) {
+					return
+				}
 				if err != nil {
 					k.add(0, err)
 					return
@@ -314,13 +334,17 @@ func (c *Client) Closed(ctx context.Context, src Source, workers int, d time.Dur
 			}
 		}()
 	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
 	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-t.C:
 	case <-ctx.Done():
+	case <-done: // every worker ended early (a bounded Source ran out)
 	}
 	stop.Store(true)
-	wg.Wait()
+	<-done
 	var o Outcome
 	o.Elapsed = time.Since(start)
 	merge(all, &o)

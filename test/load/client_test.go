@@ -108,6 +108,21 @@ func TestClientTransports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// One request the echo server denies (key ending in 'A'), one it allows.
+	var deny, allow []byte
+	for i := uint64(0); deny == nil || allow == nil; i++ {
+		k := g.key(streamStored, i)
+		b, err := tp.fill(nil, []byte(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k[len(k)-1] == 'A' {
+			deny = b
+		} else if allow == nil {
+			allow = b
+		}
+	}
+	mix := cycle{deny, allow}
 	src := &fresh{t: tp, gen: g, stream: streamStored}
 	for _, tr := range []string{TransportH2, TransportGRPC} {
 		t.Run(tr, func(t *testing.T) {
@@ -118,15 +133,15 @@ func TestClientTransports(t *testing.T) {
 			defer c.Close()
 			before := echo.seen.Load()
 			seq := new(atomic.Uint64)
-			o := c.Closed(context.Background(), src, 16, 300*time.Millisecond, seq)
-			if o.Errors > 0 || o.Done == 0 {
+			o := c.Closed(context.Background(), mix, 16, 300*time.Millisecond, seq)
+			if o.Errors > 0 || o.Done < 2 {
 				t.Fatalf("closed loop: %d done, %d errors: %v", o.Done, o.Errors, o.FirstErr)
 			}
 			if got := uint64(echo.seen.Load() - before); got != o.Done {
 				t.Fatalf("server saw %d checks, client counted %d", got, o.Done)
 			}
-			// About 1 key in 62 ends in 'A': both codes must show up, in proportion.
-			if o.Codes[16] == 0 || o.Codes[0] == 0 || o.Codes[16]+o.Codes[0] != o.Done {
+			// Requests alternate between the two keys: both codes, half each (±1).
+			if d := int64(o.Codes[16]) - int64(o.Codes[0]); d < -1 || d > 1 || o.Codes[16]+o.Codes[0] != o.Done {
 				t.Fatalf("codes %v", o.Codes)
 			}
 			o = c.Open(context.Background(), src, 500, 400*time.Millisecond, 8, seq)
@@ -137,6 +152,30 @@ func TestClientTransports(t *testing.T) {
 				t.Fatalf("latencies: %d, p50 %v p99 %v", len(o.Lat), o.Pct(50), o.Pct(99))
 			}
 		})
+	}
+}
+
+func TestClosedEndsWhenABoundedSourceRunsOut(t *testing.T) {
+	addr, _ := startEcho(t)
+	g := keyGen{prefix: "kz", seed: 3}
+	tp, err := newTemplate("x-api-key", len(g.key(streamStored, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Dial(addr, 1, TransportH2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	seq := new(atomic.Uint64)
+	seq.Store(7)
+	start := time.Now()
+	o := c.Closed(context.Background(), bounded{src: &fresh{t: tp, gen: g, stream: streamStored}, start: 7, n: 300}, 8, time.Minute, seq)
+	if o.Done != 300 || o.Errors != 0 {
+		t.Fatalf("%d done, %d errors, want exactly 300 and none", o.Done, o.Errors)
+	}
+	if el := time.Since(start); el > 30*time.Second {
+		t.Fatalf("took %v: the loop waited for its duration after the source ran out", el)
 	}
 }
 

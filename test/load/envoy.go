@@ -29,6 +29,7 @@ type EnvoyResult struct {
 	Conns      int      // wrk connections of the fixed-rate runs
 	DelayMS    int      // wrk per-connection delay between requests
 	With       []WrkRun // fixed rate, ext_authz on (alternating with Without)
+	WithP1     []WrkRun // fixed rate, ext_authz on, keyauthz with GOMAXPROCS=1
 	Without    []WrkRun // fixed rate, no ext_authz
 	SatWith    WrkRun   // closed loop, ext_authz on
 	SatWithout WrkRun   // closed loop, no ext_authz
@@ -247,7 +248,9 @@ const wrkPath = "/organizations/acme/jobs?limit=20"
 func wrkScript(dir string, delayMS int) (string, error) {
 	var b strings.Builder
 	if delayMS > 0 {
-		fmt.Fprintf(&b, "function delay() return %d end\n", delayMS)
+		// Uniform jitter around the mean keeps the connections from firing in
+		// lock-step bursts (they all start together).
+		fmt.Fprintf(&b, "math.randomseed(os.time())\nfunction delay() return math.random(%d, %d) end\n", delayMS/2, delayMS*3/2)
 	}
 	b.WriteString(`function done(s, lat, req)
   io.write(string.format("KZRESULT requests=%d duration=%d p50=%d p90=%d p99=%d p999=%d max=%d sockerr=%d non2xx=%d\n",
@@ -265,8 +268,15 @@ var kzResult = regexp.MustCompile(`KZRESULT (.*)`)
 func runWrk(ctx context.Context, cpus string, kz int, script, url, key string, conns int, d time.Duration) (WrkRun, string, error) {
 	args := []string{"-t1", "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(int(d.Seconds()+0.5)) + "s", "--timeout", "2s",
 		"-s", script, "-H", "x-api-key: " + key, url + wrkPath}
-	shown := strings.Join(append([]string{"wrk"}, args...), " ")
-	shown = strings.Replace(shown, key, "<key>", 1)
+	var sh []string
+	for _, a := range append([]string{"wrk"}, args...) {
+		a = strings.Replace(a, key, "<key>", 1)
+		if strings.ContainsAny(a, " ?&") {
+			a = "'" + a + "'"
+		}
+		sh = append(sh, a)
+	}
+	shown := strings.Join(sh, " ")
 	bin := "wrk"
 	if cpus != "" {
 		args = append([]string{"-c", cpus, bin}, args...)
@@ -357,6 +367,11 @@ func (r *runner) envoy(ctx context.Context) error {
 		return err
 	}
 	defer kz.Stop()
+	kz1, err := StartKeyauthz(ctx, "envoy-keyauthz-p1", r.o.Work, r.o.KeyauthzBin, all, KeyauthzConfig{Store: r.small, Pepper: r.pepper, Env: []string{"GOMAXPROCS=1"}})
+	if err != nil {
+		return err
+	}
+	defer kz1.Stop()
 	up, port, err := startUpstream()
 	if err != nil {
 		return err
@@ -370,6 +385,10 @@ func (r *runner) envoy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	withP1, err := renderEnvoy(testenv.EnvoyOptions{Config: "sidecar.yaml", Keyauthz: kz1.GRPC, Ports: map[int]int{testenv.DefaultAppPort: port}})
+	if err != nil {
+		return err
+	}
 	ew, err := startEnvoy(ctx, "envoy-extauthz", r.o.Work, bin, all, with)
 	if err != nil {
 		return err
@@ -378,18 +397,23 @@ func (r *runner) envoy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	e1, err := startEnvoy(ctx, "envoy-extauthz-p1", r.o.Work, bin, all, withP1)
+	if err != nil {
+		return err
+	}
 	key := r.gen.key(streamStored, 0)
 	for _, c := range []struct {
 		url, key string
 		want     int
-	}{{ew.url, key, 200}, {ew.url, "", 401}, {ew.url, malformed(key), 401}, {en.url, "", 200}} {
+	}{{ew.url, key, 200}, {ew.url, "", 401}, {ew.url, malformed(key), 401}, {en.url, "", 200}, {e1.url, key, 200}, {e1.url, "", 401}} {
 		if code, err := get(c.url, c.key); err != nil || code != c.want {
 			return fmt.Errorf("sanity GET %s (key %v): %d, %v; want %d", c.url, c.key != "", code, err, c.want)
 		}
 	}
-	// Fixed rate: conns connections, each waiting delay after every answer, so
-	// about conns/delay requests per second (a little less: latency adds up).
-	res.Conns = 100
+	// Fixed rate: conns connections, each waiting a random delay (mean
+	// conns/rate) after every answer, so about rate requests per second (a
+	// little less: latency adds to the delay).
+	res.Conns = 50
 	res.DelayMS = res.Conns * 1000 / r.o.EnvoyRate
 	fixed, err := wrkScript(r.o.Work, res.DelayMS)
 	if err != nil {
@@ -400,9 +424,9 @@ func (r *runner) envoy(ctx context.Context) error {
 		return err
 	}
 	d := r.o.Load.Duration
-	pid := kz.Proc.PID()
-	// Warm both paths (connections, keyauthz's cache) before measuring.
-	for _, u := range []string{ew.url, en.url} {
+	pid, pid1 := kz.Proc.PID(), kz1.Proc.PID()
+	// Warm every path (connections, keyauthz's cache) before measuring.
+	for _, u := range []string{ew.url, en.url, e1.url} {
 		if _, _, err := runWrk(ctx, all, pid, sat, u, key, 4, time.Second); err != nil {
 			return err
 		}
@@ -410,9 +434,10 @@ func (r *runner) envoy(ctx context.Context) error {
 	for range 2 {
 		for _, v := range []struct {
 			url string
+			pid int
 			dst *[]WrkRun
-		}{{en.url, &res.Without}, {ew.url, &res.With}} {
-			w, cmd, err := runWrk(ctx, all, pid, fixed, v.url, key, res.Conns, d)
+		}{{en.url, pid, &res.Without}, {ew.url, pid, &res.With}, {e1.url, pid1, &res.WithP1}} {
+			w, cmd, err := runWrk(ctx, all, v.pid, fixed, v.url, key, res.Conns, d)
 			if err != nil {
 				return err
 			}
@@ -428,7 +453,7 @@ func (r *runner) envoy(ctx context.Context) error {
 		return err
 	}
 	r.logf("  wrk saturation: %.0f rps without ext_authz, %.0f rps with", res.SatWithout.RPS(), res.SatWith.RPS())
-	for _, w := range append(append([]WrkRun{res.SatWith, res.SatWithout}, res.With...), res.Without...) {
+	for _, w := range append(append(append([]WrkRun{res.SatWith, res.SatWithout}, res.With...), res.Without...), res.WithP1...) {
 		if w.SockErrs > 0 || w.Non2x > 0 {
 			return fmt.Errorf("wrk saw %d socket errors and %d non-2xx answers", w.SockErrs, w.Non2x)
 		}

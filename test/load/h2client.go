@@ -24,10 +24,11 @@ import (
 // core busy. It speaks enough HTTP/2 for a gRPC server: settings, connection
 // flow control both ways, PING, RST_STREAM, GOAWAY.
 type h2conn struct {
-	nc  net.Conn
-	fr  *http2.Framer // writes: writer goroutine only; reads: reader goroutine only
-	bw  *bufio.Writer
-	hdr []byte // HPACK block of the request headers (never-indexed literals: reusable)
+	nc   net.Conn
+	fr   *http2.Framer // writes: writer goroutine only; reads: reader goroutine only
+	bw   *bufio.Writer
+	hdr1 []byte // HPACK block of the first request's headers: literals added to the dynamic table
+	hdr  []byte // HPACK block of every later request: indexed references to those entries
 
 	mu      sync.Mutex
 	wake    sync.Cond // the writer waits on it for work or send window
@@ -60,6 +61,40 @@ const (
 	h2MaxFrame   = 1 << 14 // the default SETTINGS_MAX_FRAME_SIZE
 )
 
+// headerBlocks encodes the request headers the way Envoy's gRPC client sends
+// them, with HPACK's dynamic table: the first block adds the fields to the
+// table, every later block is a few bytes of indexed references, so the server
+// decodes what it would decode behind Envoy. The fields never change, so the
+// later block is the same for every request.
+func headerBlocks(authority string) (first, later []byte, err error) {
+	var b bytes.Buffer
+	enc := hpack.NewEncoder(&b)
+	encode := func() ([]byte, error) {
+		b.Reset()
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", CheckMethod}, {":authority", authority},
+			{"content-type", "application/grpc"}, {"te", "trailers"}, {"grpc-timeout", "250m"}} {
+			if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+				return nil, err
+			}
+		}
+		return bytes.Clone(b.Bytes()), nil
+	}
+	if first, err = encode(); err != nil {
+		return nil, nil, err
+	}
+	if later, err = encode(); err != nil {
+		return nil, nil, err
+	}
+	again, err := encode()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !bytes.Equal(later, again) {
+		return nil, nil, errors.New("hpack: request header block is not stable")
+	}
+	return first, later, nil
+}
+
 func dialH2(addr string) (*h2conn, error) {
 	nc, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -70,16 +105,10 @@ func dialH2(addr string) (*h2conn, error) {
 	c.wake.L = &c.mu
 	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 64<<10))
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", CheckMethod}, {":authority", addr},
-		{"content-type", "application/grpc"}, {"te", "trailers"}} {
-		if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1], Sensitive: true}); err != nil {
-			nc.Close()
-			return nil, err
-		}
+	if c.hdr1, c.hdr, err = headerBlocks(addr); err != nil {
+		nc.Close()
+		return nil, err
 	}
-	c.hdr = hb.Bytes()
 	_, err = c.bw.WriteString(http2.ClientPreface)
 	err = errors.Join(err,
 		c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2RecvWindow}, http2.Setting{ID: http2.SettingEnablePush, Val: 0}),
@@ -166,6 +195,7 @@ func (c *h2conn) writeLoop() {
 	var batch []h2req
 	var ids []uint32
 	var ctrl []func() error
+	first := true
 	for {
 		c.mu.Lock()
 		for c.err == nil && len(c.ctrl) == 0 && (len(c.queue) == 0 || c.sendWin < int64(len(c.queue[0].msg)+5)) {
@@ -196,8 +226,12 @@ func (c *h2conn) writeLoop() {
 			err = errors.Join(err, f())
 		}
 		for i, q := range batch {
+			hdr := c.hdr
+			if first {
+				hdr, first = c.hdr1, false
+			}
 			err = errors.Join(err,
-				c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: ids[i], BlockFragment: c.hdr, EndHeaders: true}),
+				c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: ids[i], BlockFragment: hdr, EndHeaders: true}),
 				writeDataFrame(c.bw, ids[i], q.msg))
 		}
 		if err == nil {
@@ -235,9 +269,14 @@ func (c *h2conn) readLoop() {
 		}
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				c.control(c.fr.WriteSettingsAck)
+			if f.IsAck() {
+				continue
 			}
+			if v, ok := f.Value(http2.SettingHeaderTableSize); ok && v < 4096 {
+				c.fail(fmt.Errorf("server's HPACK table of %d bytes is smaller than the 4096 the request headers assume", v))
+				return
+			}
+			c.control(c.fr.WriteSettingsAck)
 		case *http2.WindowUpdateFrame:
 			if f.StreamID == 0 {
 				c.mu.Lock()

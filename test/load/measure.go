@@ -2,7 +2,6 @@ package load
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -51,6 +50,8 @@ type Measurement struct {
 	Server string
 	Sat    Phase // closed loop: throughput at saturation, CPU per Check
 	Ref    Phase // the no-op server, closed loop, interleaved with Sat (empty for the no-op itself)
+	Peer   Phase // optional second reference interleaved the same way (a@1M: keyauthz on the small store)
+	PeerOf string
 	Fixed  Phase // open loop at the fixed rate: latency
 	Notes  []string
 }
@@ -78,65 +79,78 @@ type Endpoint struct {
 // alternating with windows against ref (the no-op; nil for none), then one
 // fixed-rate window (open loop), reading each server's CPU time around every
 // window.
-func Measure(ctx context.Context, t Endpoint, ref *Endpoint, key, title string, l Load, logf func(string, ...any)) (Measurement, error) {
+//
+// peer, when not nil, is a second reference measured the same way (its
+// windows rotate with the other two).
+func Measure(ctx context.Context, t Endpoint, ref, peer *Endpoint, key, title string, l Load, logf func(string, ...any)) (Measurement, error) {
 	m := Measurement{Key: key, Title: title, Server: t.S.Name}
-	c, err := Dial(t.S.GRPC, l.Conns, l.Transport)
-	if err != nil {
-		return m, err
+	type leg struct {
+		e   *Endpoint
+		c   *Client
+		dst *Phase
 	}
-	defer c.Close()
-	var rc *Client
-	if ref != nil {
-		if rc, err = Dial(ref.S.GRPC, l.Conns, l.Transport); err != nil {
+	var legs []leg
+	for _, x := range []struct {
+		e   *Endpoint
+		dst *Phase
+	}{{&t, &m.Sat}, {ref, &m.Ref}, {peer, &m.Peer}} {
+		if x.e == nil {
+			continue
+		}
+		c, err := Dial(x.e.S.GRPC, l.Conns, l.Transport)
+		if err != nil {
 			return m, err
 		}
-		defer rc.Close()
+		defer c.Close()
+		legs = append(legs, leg{x.e, c, x.dst})
+	}
+	if peer != nil {
+		m.PeerOf = peer.S.Name
 	}
 	if l.Warmup > 0 {
-		w := c.Closed(ctx, t.Src, l.Workers, l.Warmup, t.Seq)
-		if w.Errors > 0 {
-			return m, fmt.Errorf("%s warm-up: %d of %d calls failed: %v", key, w.Errors, w.Sent, w.FirstErr)
+		for _, g := range legs {
+			if g.e != &t && g.e != peer {
+				continue // the no-op needs no warm-up
+			}
+			w := g.c.Closed(ctx, g.e.Src, l.Workers, l.Warmup, g.e.Seq)
+			if w.Errors > 0 {
+				return m, fmt.Errorf("%s warm-up (%s): %d of %d calls failed: %v", key, g.e.S.Name, w.Errors, w.Sent, w.FirstErr)
+			}
 		}
 	}
 	rounds := max(l.Rounds, 1)
 	win := l.Duration / time.Duration(rounds)
 	for i := range rounds {
-		sat := func() error {
-			p, err := window(t.S, func() Outcome { return c.Closed(ctx, t.Src, l.Workers, win, t.Seq) })
-			m.Sat.add(p)
-			return err
-		}
-		noop := func() error {
-			if rc == nil {
-				return nil
+		for j := range legs {
+			g := legs[(i+j)%len(legs)] // rotate the order every round
+			p, err := window(g.e.S, func() Outcome { return g.c.Closed(ctx, g.e.Src, l.Workers, win, g.e.Seq) })
+			g.dst.add(p)
+			if err != nil {
+				return m, err
 			}
-			p, err := window(ref.S, func() Outcome { return rc.Closed(ctx, ref.Src, l.Workers, win, ref.Seq) })
-			m.Ref.add(p)
-			return err
-		}
-		first, second := sat, noop
-		if i%2 == 1 {
-			first, second = noop, sat
-		}
-		if err := errors.Join(first(), second()); err != nil {
-			return m, err
 		}
 	}
+	c := legs[0].c
 	refNote := ""
-	if rc != nil {
+	if ref != nil {
 		refNote = fmt.Sprintf("; no-op interleaved: %.0f/s, %.1f µs CPU/check", m.Ref.Out.Rate(), us(m.Ref.PerCheck()))
+	}
+	if peer != nil {
+		refNote += fmt.Sprintf("; %s interleaved: %.0f/s, %.1f µs CPU/check", peer.S.Name, m.Peer.Out.Rate(), us(m.Peer.PerCheck()))
 	}
 	logf("  %-7s saturation: %7.0f checks/s, server %.2f cores, %6.1f µs CPU/check (client %.1f µs/call), %s%s", key,
 		m.Sat.Out.Rate(), m.Sat.Busy(), us(m.Sat.PerCheck()), us(m.Sat.ClientPerCall()), codeSummary(m.Sat.Out), refNote)
-	for _, p := range []Phase{m.Sat, m.Ref} {
+	for _, p := range []Phase{m.Sat, m.Ref, m.Peer} {
 		if p.Out.Errors > 0 {
 			return m, fmt.Errorf("%s saturation: %d of %d calls failed: %v", key, p.Out.Errors, p.Out.Sent, p.Out.FirstErr)
 		}
 	}
 	time.Sleep(100 * time.Millisecond) // let the saturation backlog (GC) settle
-	if m.Fixed, err = window(t.S, func() Outcome { return c.Open(ctx, t.Src, l.Rate, l.Duration, l.Open, t.Seq) }); err != nil {
+	fixed, err := window(t.S, func() Outcome { return c.Open(ctx, t.Src, l.Rate, l.Duration, l.Open, t.Seq) })
+	if err != nil {
 		return m, err
 	}
+	m.Fixed = fixed
 	logf("  %-7s %5.0f/s fixed: p50 %6.0f µs, p99 %6.0f µs, p99.9 %6.0f µs, %6.1f µs CPU/check", key, m.Fixed.Out.Rate(),
 		us(m.Fixed.Out.Pct(50)), us(m.Fixed.Out.Pct(99)), us(m.Fixed.Out.Pct(99.9)), us(m.Fixed.PerCheck()))
 	if m.Fixed.Out.Errors > 0 {

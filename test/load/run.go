@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -36,7 +37,7 @@ type Options struct {
 	Out         string        // RESULTS.md to write; "" prints only
 	Command     string        // the command line, for the report
 	Log         io.Writer     // progress
-	Profile     bool          // CPU profile of keyauthz during scenario a
+	Profile     []string      // scenarios (a, a@1M, b, c, d, e, f) whose keyauthz is CPU-profiled in extra windows
 	Timeout     time.Duration // bound on the whole run
 }
 
@@ -56,26 +57,34 @@ type runner struct {
 	res     Results
 }
 
+// Profile is a CPU profile of keyauthz in a scenario's extra window.
+type Profile struct {
+	Scenario string
+	Mode     string // "saturated" or "fixed rate"
+	File     string
+	Top      string // go tool pprof -top
+}
+
 // Results is everything a run measured, for the report.
 type Results struct {
-	Started     time.Time
-	Duration    time.Duration
-	GoVersion   string
-	EnvoyVer    string
-	Keyauthz    string
-	Pinning     string
-	Load        Load
-	Noop        []Measurement
-	Scenarios   []Measurement
-	Facts       map[string]float64 // named extra figures (store reads, RSS, ...)
-	Envoy       *EnvoyResult
-	Memory      []MemoryResult
-	Bench       []BenchResult
-	BenchCmd    string
-	Profile     string // pprof -top of keyauthz during a
-	ProfileFile string
-	Targets     []Target
-	Errors      []string
+	Started    time.Time
+	Duration   time.Duration
+	GoVersion  string
+	EnvoyVer   string
+	Keyauthz   string
+	Pinning    string
+	Load       Load
+	Noop       []Measurement
+	Scenarios  []Measurement
+	Facts      map[string]float64 // named extra figures (store reads, RSS, ...)
+	Envoy      *EnvoyResult
+	Memory     []MemoryResult
+	Bench      []BenchResult
+	BenchCmd   string
+	Profiles   []Profile
+	HeapGrowth string // pprof -top -base: keyauthz's live heap growth over processKeys keys
+	Targets    []Target
+	Errors     []string
 }
 
 func (r *runner) logf(format string, a ...any) { fmt.Fprintf(r.o.Log, format+"\n", a...) }
@@ -119,7 +128,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			r.res.Errors = append(r.res.Errors, fmt.Sprintf("%s: not run: %v", s.name, ctx.Err()))
 			continue
 		}
-		r.logf("== %s", s.name)
+		r.logf("== %s (at %s)", s.name, time.Since(r.res.Started).Round(time.Second))
 		if s.name == "envoy" || s.name == "memory" || s.name == "bench" {
 			r.stopNoop()
 		}
@@ -130,6 +139,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	}
 	r.stopNoop()
 	r.res.Duration = time.Since(r.res.Started)
+	r.logf("== done (at %s)", r.res.Duration.Round(time.Second))
 	r.res.Targets = evaluate(&r.res)
 	for _, t := range r.res.Targets {
 		r.logf("%s", t.Line())
@@ -168,15 +178,22 @@ func (r *runner) setup(ctx context.Context) error {
 	}
 	r.res.GoVersion = strings.TrimSpace(output(r.o.Root, "go", "version"))
 	if r.o.KeyauthzBin == "" {
-		r.o.KeyauthzBin = filepath.Join(r.o.Work, "keyauthz")
-		r.logf("build keyauthz (test/run.sh's command)")
-		if out, err := goBuild(r.o.Root, r.o.KeyauthzBin, "-ldflags", "-s -w -X github.com/keyauthz/keyauthz/extauthz/app.Version=test", "./cmd/keyauthz"); err != nil {
-			return fmt.Errorf("build keyauthz: %v\n%s", err, out)
+		r.logf("build keyauthz with test/run.sh's build()")
+		bin, how, err := buildLikeRunSh(r.o.Root, r.o.Work)
+		if err != nil {
+			return err
 		}
+		r.o.KeyauthzBin = bin
+		r.res.Keyauthz = "built by test/run.sh's build(): `" + how + "`"
+	} else {
+		r.res.Keyauthz = r.o.KeyauthzBin + " (given)"
 	}
-	r.res.Keyauthz = r.o.KeyauthzBin
 	r.noopBin = filepath.Join(r.o.Work, "noop")
-	if out, err := goBuild(r.o.Root, r.noopBin, "./test/load/cmd/noop"); err != nil {
+	args := []string{"./test/load/cmd/noop"}
+	if m := buildTags.FindStringSubmatch(r.res.Keyauthz); m != nil { // the same build tags as keyauthz
+		args = append([]string{"-tags", strings.Trim(m[1], `"'`)}, args...)
+	}
+	if out, err := goBuild(r.o.Root, r.noopBin, args...); err != nil {
 		return fmt.Errorf("build noop: %v\n%s", err, out)
 	}
 	r.pepper = filepath.Join(r.o.Work, "pepper")
@@ -184,7 +201,7 @@ func (r *runner) setup(ctx context.Context) error {
 		return err
 	}
 	r.small = filepath.Join(r.o.Work, "small.db")
-	if err := Seed(ctx, r.small, SmallStore, r.gen, Pepper(r.o.Seed)); err != nil {
+	if err := seed(ctx, r.small, SmallStore, r.gen, Pepper(r.o.Seed)); err != nil {
 		return fmt.Errorf("seed small store: %w", err)
 	}
 	var err error
@@ -224,12 +241,12 @@ func (r *runner) largeStore(ctx context.Context) (string, error) {
 		return "", err
 	}
 	path := filepath.Join(r.o.Cache, fmt.Sprintf("store-%d-seed%d.db", r.o.StoreKeys, r.o.Seed))
-	if err := CheckSeeded(ctx, path, r.o.StoreKeys, r.gen, Pepper(r.o.Seed)); err == nil {
+	if err := checkSeeded(ctx, path, r.o.StoreKeys, r.gen, Pepper(r.o.Seed)); err == nil {
 		r.logf("  reusing seeded store %s", path)
 	} else {
 		r.logf("  seeding %d keys into %s (cached for later runs)", r.o.StoreKeys, path)
 		start := time.Now()
-		if err := Seed(ctx, path, r.o.StoreKeys, r.gen, Pepper(r.o.Seed)); err != nil {
+		if err := seed(ctx, path, r.o.StoreKeys, r.gen, Pepper(r.o.Seed)); err != nil {
 			return "", fmt.Errorf("seed large store: %w", err)
 		}
 		r.logf("  seeded in %v", time.Since(start).Round(time.Millisecond))
@@ -238,6 +255,42 @@ func (r *runner) largeStore(ctx context.Context) (string, error) {
 	r.large = path
 	return path, nil
 }
+
+// buildLikeRunSh runs the build() function of test/run.sh itself with
+// BIN_DIR=dir, so the binary under test is built exactly as the tests and the
+// Dockerfile build it; it returns the binary and the go build command shown.
+func buildLikeRunSh(root, dir string) (string, string, error) {
+	const script = `set -euo pipefail
+say() { :; }
+eval "$(sed -n '/^build() {/,/^}/p' test/run.sh)"
+declare -F build >/dev/null || { echo "test/run.sh has no build() function" >&2; exit 1; }
+BIN_DIR=$1
+build >/dev/null`
+	cmd := exec.Command("bash", "-c", script, "kzload-build", dir)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("build keyauthz with test/run.sh's build(): %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "test", "run.sh"))
+	if err != nil {
+		return "", "", err
+	}
+	how := ""
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i < len(lines); i++ {
+		if strings.Contains(lines[i], "go build") {
+			how = strings.TrimSpace(lines[i])
+			for strings.HasSuffix(how, "\\") && i+1 < len(lines) {
+				i++
+				how = strings.TrimSpace(strings.TrimSuffix(how, "\\")) + " " + strings.TrimSpace(lines[i])
+			}
+			break
+		}
+	}
+	return filepath.Join(dir, "keyauthz"), how, nil
+}
+
+var buildTags = regexp.MustCompile(`-tags[= ]+(\S+)`)
 
 func goBuild(root, out string, args ...string) ([]byte, error) {
 	cmd := exec.Command("go", append([]string{"build", "-trimpath", "-o", out}, args...)...)
@@ -263,10 +316,17 @@ func (r *runner) keyauthz(ctx context.Context, name string, c KeyauthzConfig) (*
 	if c.Store == "" {
 		c.Store = r.small
 	}
+	c.Env = append(c.Env, strings.Fields(os.Getenv("KZLOAD_KEYAUTHZ_ENV"))...) // experiments only
 	return StartKeyauthz(ctx, name, r.o.Work, r.o.KeyauthzBin, r.cpuSrv, c)
 }
 
 func (r *runner) measure(ctx context.Context, s *Server, key, title string, src Source, seq *atomic.Uint64) (Measurement, error) {
+	return r.measurePeer(ctx, s, nil, key, title, src, seq)
+}
+
+// measurePeer is measure with a second reference server (given the same
+// requests) interleaved with the scenario and the no-op.
+func (r *runner) measurePeer(ctx context.Context, s, peer *Server, key, title string, src Source, seq *atomic.Uint64) (Measurement, error) {
 	if seq == nil {
 		seq = new(atomic.Uint64)
 	}
@@ -274,7 +334,28 @@ func (r *runner) measure(ctx context.Context, s *Server, key, title string, src 
 	if err != nil {
 		return Measurement{}, err
 	}
-	return Measure(ctx, Endpoint{S: s, Src: src, Seq: seq}, &Endpoint{S: ref, Src: r.hit, Seq: new(atomic.Uint64)}, key, title, r.o.Load, r.logf)
+	var pe *Endpoint
+	if peer != nil {
+		pe = &Endpoint{S: peer, Src: src, Seq: new(atomic.Uint64)}
+	}
+	m, err := Measure(ctx, Endpoint{S: s, Src: src, Seq: seq}, &Endpoint{S: ref, Src: r.hit, Seq: new(atomic.Uint64)}, pe, key, title, r.o.Load, r.logf)
+	if err == nil && r.profiling(key) {
+		if perr := r.profile(ctx, s, key, src, seq); perr != nil {
+			r.logf("  profile %s: %v", key, perr)
+			r.res.Errors = append(r.res.Errors, fmt.Sprintf("profile %s: %v", key, perr))
+		}
+	}
+	return m, err
+}
+
+// profiling reports whether scenario key's keyauthz is to be profiled.
+func (r *runner) profiling(key string) bool {
+	for _, p := range r.o.Profile {
+		if p == key {
+			return true
+		}
+	}
+	return false
 }
 
 // noopServer starts the no-op reference server on the server CPU, once.
@@ -304,7 +385,7 @@ func (r *runner) noop(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m, err := Measure(ctx, Endpoint{S: s, Src: r.hit, Seq: new(atomic.Uint64)}, nil, "noop", "no-op server (reference)", r.o.Load, r.logf)
+	m, err := Measure(ctx, Endpoint{S: s, Src: r.hit, Seq: new(atomic.Uint64)}, nil, nil, "noop", "no-op server (reference)", r.o.Load, r.logf)
 	if err != nil {
 		return err
 	}

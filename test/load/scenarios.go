@@ -66,7 +66,7 @@ func wantAll(m *Measurement, code int32) error {
 }
 
 func (r *runner) scenarioA(ctx context.Context) error {
-	s, err := r.keyauthz(ctx, "a", KeyauthzConfig{Pprof: r.o.Profile})
+	s, err := r.keyauthz(ctx, "a", KeyauthzConfig{Pprof: r.profiling("a")})
 	if err != nil {
 		return err
 	}
@@ -88,59 +88,61 @@ func (r *runner) scenarioA(ctx context.Context) error {
 	}
 	m.Notes = append(m.Notes, fmt.Sprintf("%d hot keys; store reads during the run: %.0f (the first miss of each key)", HitKeys, n))
 	r.add(m)
-	if r.o.Profile {
-		if err := r.profile(ctx, s); err != nil {
-			r.logf("  profile: %v", err)
-			r.res.Errors = append(r.res.Errors, "profile: "+err.Error())
-		}
-	}
 	return nil
 }
 
-// profile takes a CPU profile of keyauthz under saturation with the hot keys
-// (a separate window, so profiling does not touch the measured one).
-func (r *runner) profile(ctx context.Context, s *Server) error {
+// profile takes CPU profiles of keyauthz with the scenario's requests,
+// saturated and at the fixed rate, in windows of their own (profiling never
+// touches a measured window).
+func (r *runner) profile(ctx context.Context, s *Server, key string, src Source, seq *atomic.Uint64) error {
 	d := r.o.Load.Duration
-	file := filepath.Join(r.o.Work, "a.cpu.pprof")
-	errc := make(chan error, 1)
-	go func() {
-		resp, err := (&http.Client{Timeout: d + 10*time.Second}).Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", s.HTTP, int(d.Seconds()+0.5)))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b, _ := io.ReadAll(resp.Body)
-			errc <- fmt.Errorf("/debug/pprof/profile: %s: %s (is http.pprof on?)", resp.Status, strings.TrimSpace(string(b)))
-			return
-		}
-		f, err := os.Create(file)
-		if err != nil {
-			errc <- err
-			return
-		}
-		_, err = io.Copy(f, resp.Body)
-		errc <- errors.Join(err, f.Close())
-	}()
 	c, err := Dial(s.GRPC, r.o.Load.Conns, r.o.Load.Transport)
 	if err != nil {
 		return err
 	}
-	c.Closed(ctx, r.hit, r.o.Load.Workers, d+500*time.Millisecond, new(atomic.Uint64))
-	c.Close()
-	if err := <-errc; err != nil {
+	defer c.Close()
+	for i, w := range []struct {
+		mode string
+		run  func()
+	}{
+		{"saturated", func() { c.Closed(ctx, src, r.o.Load.Workers, d+500*time.Millisecond, seq) }},
+		{fmt.Sprintf("fixed rate %.0f/s", r.o.Load.Rate), func() { c.Open(ctx, src, r.o.Load.Rate, d+500*time.Millisecond, r.o.Load.Open, seq) }},
+	} {
+		file := filepath.Join(r.o.Work, fmt.Sprintf("%s.cpu.%d.pprof", key, i))
+		errc := make(chan error, 1)
+		go func() { errc <- fetchProfile(s.HTTP, d, file) }()
+		w.run()
+		if err := <-errc; err != nil {
+			return err
+		}
+		cmd := exec.Command("go", "tool", "pprof", "-top", "-nodecount=30", file)
+		cmd.Dir = r.o.Root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("go tool pprof: %v: %s", err, out)
+		}
+		r.res.Profiles = append(r.res.Profiles, Profile{Scenario: key, Mode: w.mode, File: file, Top: string(out)})
+	}
+	return nil
+}
+
+// fetchProfile saves keyauthz's /debug/pprof/profile over d into file.
+func fetchProfile(httpAddr string, d time.Duration, file string) error {
+	resp, err := (&http.Client{Timeout: d + 10*time.Second}).Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", httpAddr, int(d.Seconds()+0.5)))
+	if err != nil {
 		return err
 	}
-	r.res.ProfileFile = file
-	cmd := exec.Command("go", "tool", "pprof", "-top", "-nodecount=35", file)
-	cmd.Dir = r.o.Root
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go tool pprof: %v: %s", err, out)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("/debug/pprof/profile: %s: %s (is http.pprof on?)", resp.Status, strings.TrimSpace(string(b)))
 	}
-	r.res.Profile = string(out)
-	return nil
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	return errors.Join(err, f.Close())
 }
 
 func (r *runner) scenarioB(ctx context.Context) error {
@@ -148,7 +150,7 @@ func (r *runner) scenarioB(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := r.keyauthz(ctx, "b", KeyauthzConfig{Store: path})
+	s, err := r.keyauthz(ctx, "b", KeyauthzConfig{Store: path, Pprof: true})
 	if err != nil {
 		return err
 	}
@@ -156,7 +158,16 @@ func (r *runner) scenarioB(ctx context.Context) error {
 	if err := r.memFacts(s, "b_idle"); err != nil {
 		return err
 	}
-	m, err := r.measure(ctx, s, "a@1M", titleA1M, r.hit, nil)
+	// The same hot keys against keyauthz on the small store, in windows
+	// interleaved with the 1M-store ones: store size is the only difference.
+	small, err := r.keyauthz(ctx, "a-small", KeyauthzConfig{})
+	if err != nil {
+		return err
+	}
+	m, err := r.measurePeer(ctx, s, small, "a@1M", titleA1M, r.hit, nil)
+	if serr := small.Stop(); err == nil && serr != nil {
+		err = serr
+	}
 	if err != nil {
 		return err
 	}
@@ -164,12 +175,16 @@ func (r *runner) scenarioB(ctx context.Context) error {
 		return err
 	}
 	r.add(m)
+	seq := new(atomic.Uint64)
+	src := &fresh{t: r.tmpl, gen: r.gen, stream: streamStored, base: SmallStore, mod: uint64(r.o.StoreKeys - SmallStore)}
+	if err := r.processBytesPerKey(ctx, s, src, seq); err != nil {
+		return err
+	}
 	reads, err := metricDelta(s, "keyauthz_cache_store_reads_total")
 	if err != nil {
 		return err
 	}
-	seq := new(atomic.Uint64)
-	src := &fresh{t: r.tmpl, gen: r.gen, stream: streamStored, base: SmallStore, mod: uint64(r.o.StoreKeys - SmallStore)}
+	first := seq.Load()
 	m, err = r.measure(ctx, s, "b", titleB, src, seq)
 	if err != nil {
 		return err
@@ -182,10 +197,79 @@ func (r *runner) scenarioB(ctx context.Context) error {
 		return err
 	}
 	r.res.Facts["b_store_reads"] = n
-	r.res.Facts["b_checks"] = float64(seq.Load())
-	m.Notes = append(m.Notes, fmt.Sprintf("%d checks, each a key not yet cached; store reads: %.0f", seq.Load(), n))
+	r.res.Facts["b_checks"] = float64(seq.Load() - first)
+	m.Notes = append(m.Notes, fmt.Sprintf("%d checks, each a key not yet cached; store reads: %.0f", seq.Load()-first, n))
 	r.add(m)
 	return r.memFacts(s, "b_after")
+}
+
+// processKeys is how many distinct keys processBytesPerKey sends: well under
+// cache.size (100,000), so none is evicted.
+const processKeys = 50_000
+
+// processBytesPerKey measures keyauthz's whole per-key memory (key cache and
+// whatever else keeps per-key state: response parts, limiter, usage): live
+// heap after a forced GC (/debug/pprof/heap?gc=1), before and after
+// processKeys distinct valid keys have been checked once each.
+func (r *runner) processBytesPerKey(ctx context.Context, s *Server, src Source, seq *atomic.Uint64) error {
+	live := func(name string) (float64, error) {
+		resp, err := httpClient.Get("http://" + s.HTTP + "/debug/pprof/heap?gc=1")
+		if err != nil {
+			return 0, err
+		}
+		f, err := os.Create(filepath.Join(r.o.Work, name))
+		if err != nil {
+			resp.Body.Close()
+			return 0, err
+		}
+		_, err = io.Copy(f, resp.Body)
+		resp.Body.Close()
+		if err := errors.Join(err, f.Close()); err != nil {
+			return 0, err
+		}
+		ms, err := s.Metrics()
+		if err != nil {
+			return 0, err
+		}
+		if !ms.Has("go_memstats_heap_alloc_bytes") {
+			return 0, errors.New("keyauthz /metrics has no go_memstats_heap_alloc_bytes")
+		}
+		return ms.Sum("go_memstats_heap_alloc_bytes"), nil
+	}
+	c, err := Dial(s.GRPC, r.o.Load.Conns, r.o.Load.Transport)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	// Warm the process (connections, buffers, pools) with keys of their own first.
+	if o := c.Closed(ctx, bounded{src: src, start: seq.Load(), n: 5000}, r.o.Load.Workers, time.Minute, seq); o.Errors > 0 {
+		return fmt.Errorf("warm-up: %d errors: %v", o.Errors, o.FirstErr)
+	}
+	before, err := live("b.heap.before.pprof")
+	if err != nil {
+		return err
+	}
+	o := c.Closed(ctx, bounded{src: src, start: seq.Load(), n: processKeys}, r.o.Load.Workers, time.Minute, seq)
+	if o.Errors > 0 || o.Done != processKeys || o.Codes[0] != processKeys {
+		return fmt.Errorf("process memory: %d of %d keys answered OK (%d errors: %v)", o.Codes[0], processKeys, o.Errors, o.FirstErr)
+	}
+	after, err := live("b.heap.after.pprof")
+	if err != nil {
+		return err
+	}
+	// Where the growth went, by allocation site (sampled heap profile).
+	cmd := exec.Command("go", "tool", "pprof", "-sample_index=inuse_space", "-top", "-nodecount=20",
+		"-base", filepath.Join(r.o.Work, "b.heap.before.pprof"), filepath.Join(r.o.Work, "b.heap.after.pprof"))
+	cmd.Dir = r.o.Root
+	if out, err := cmd.CombinedOutput(); err == nil {
+		r.res.HeapGrowth = string(out)
+	} else {
+		r.logf("  heap profile diff: %v: %s", err, out)
+	}
+	r.res.Facts["process_keys"] = processKeys
+	r.res.Facts["process_bytes_per_key"] = (after - before) / processKeys
+	r.logf("  keyauthz serve: %.0f bytes of live heap per key checked (%d distinct keys)", (after-before)/processKeys, processKeys)
+	return nil
 }
 
 // memFacts records keyauthz's RSS, Go heap in use and cache entries under prefix.
@@ -205,38 +289,29 @@ func (r *runner) memFacts(s *Server, prefix string) error {
 	return nil
 }
 
+// cCountChecks is how many checks the round-trip count of scenario (c) sends.
+const cCountChecks = 20_000
+
 func (r *runner) scenarioC(ctx context.Context) error {
 	addr, rdb, err := r.startRedis(ctx)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
-	s, err := r.keyauthz(ctx, "c", KeyauthzConfig{Redis: addr})
+	if err := r.countRedisRoundTrips(ctx, addr, rdb); err != nil {
+		return err
+	}
+	// The measured server talks to Redis directly (no counting proxy in its path).
+	s, err := r.keyauthz(ctx, "c", KeyauthzConfig{Redis: addr, Pprof: r.profiling("c")})
 	if err != nil {
 		return err
 	}
 	defer s.Stop()
-	checks, err := metricDelta(s, "keyauthz_checks_total")
-	if err != nil {
-		return err
-	}
-	all0, eval0, err := RedisCalls(ctx, rdb)
-	if err != nil {
-		return err
-	}
 	limErrs, err := metricDelta(s, "keyauthz_ratelimit_errors_total")
 	if err != nil {
 		return err
 	}
 	m, err := r.measure(ctx, s, "c", titleC, r.hit, nil)
-	if err != nil {
-		return err
-	}
-	all1, eval1, err := RedisCalls(ctx, rdb)
-	if err != nil {
-		return err
-	}
-	n, err := checks()
 	if err != nil {
 		return err
 	}
@@ -255,12 +330,65 @@ func (r *runner) scenarioC(ctx context.Context) error {
 		m.Notes = append(m.Notes, fmt.Sprintf("%.0f limiter errors (Redis slower than ratelimit.timeout 20ms on this loaded machine), answered by ratelimit.on_error: deny", le))
 	}
 	r.res.Facts["c_limiter_errors"] = le
-	r.res.Facts["c_checks"] = n
-	r.res.Facts["c_redis_calls"] = float64(all1 - all0)
-	r.res.Facts["c_redis_evals"] = float64(eval1 - eval0)
-	m.Notes = append(m.Notes, fmt.Sprintf("Redis commands: %d for %.0f decisions (%.3f per decision; EVALSHA/EVAL %d)",
-		all1-all0, n, float64(all1-all0)/max(n, 1), eval1-eval0))
+	f := r.res.Facts
+	m.Notes = append(m.Notes, fmt.Sprintf("Round trips, counted on a second keyauthz that reaches the same Redis through a counting proxy: %.0f checks sent, %.0f decisions, %.0f commands sent to Redis (%.3f per decision), EVALSHA/EVAL run %.0f (INFO commandstats)",
+		f["c_count_sent"], f["c_checks"], f["c_redis_calls"], ratio(f["c_redis_calls"], f["c_checks"]), f["c_redis_evals"]))
 	r.add(m)
+	return nil
+}
+
+// countRedisRoundTrips runs cCountChecks checks through a keyauthz whose
+// Redis limiter reaches Redis through a proxy that counts the commands it
+// sends (INFO commandstats alone also counts the commands the Lua script runs
+// inside Redis). The measured scenario uses another keyauthz without the proxy.
+func (r *runner) countRedisRoundTrips(ctx context.Context, addr string, rdb *redis.Client) error {
+	proxy, err := startCmdProxy(addr)
+	if err != nil {
+		return err
+	}
+	defer proxy.Close()
+	s, err := r.keyauthz(ctx, "c-count", KeyauthzConfig{Redis: proxy.Addr()})
+	if err != nil {
+		return err
+	}
+	defer s.Stop()
+	c, err := Dial(s.GRPC, r.o.Load.Conns, r.o.Load.Transport)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	// Warm up first: connection set-up commands (HELLO, CLIENT SETINFO, the
+	// script load) are not per decision.
+	if o := c.Closed(ctx, bounded{src: r.hit, n: 2000}, r.o.Load.Workers, time.Minute, new(atomic.Uint64)); o.Errors > 0 {
+		return fmt.Errorf("c-count warm-up: %d errors: %v", o.Errors, o.FirstErr)
+	}
+	checks, err := metricDelta(s, "keyauthz_checks_total")
+	if err != nil {
+		return err
+	}
+	_, eval0, err := RedisCalls(ctx, rdb)
+	if err != nil {
+		return err
+	}
+	sent0 := proxy.Commands()
+	o := c.Closed(ctx, bounded{src: r.hit, n: cCountChecks}, r.o.Load.Workers, time.Minute, new(atomic.Uint64))
+	if o.Errors > 0 || o.Done != cCountChecks {
+		return fmt.Errorf("c-count: %d of %d answered (%d errors: %v)", o.Done, cCountChecks, o.Errors, o.FirstErr)
+	}
+	_, eval1, err := RedisCalls(ctx, rdb)
+	if err != nil {
+		return err
+	}
+	sent := proxy.Commands() - sent0
+	n, err := checks()
+	if err != nil {
+		return err
+	}
+	r.res.Facts["c_count_sent"] = cCountChecks
+	r.res.Facts["c_checks"] = n
+	r.res.Facts["c_redis_calls"] = float64(sent)
+	r.res.Facts["c_redis_evals"] = float64(eval1 - eval0)
+	r.logf("  c-count: %d commands sent to Redis for %.0f decisions; EVALSHA/EVAL run %d", sent, n, eval1-eval0)
 	return nil
 }
 
@@ -303,7 +431,7 @@ func (r *runner) startRedis(ctx context.Context) (string, *redis.Client, error) 
 }
 
 func (r *runner) scenarioD(ctx context.Context) error {
-	s, err := r.keyauthz(ctx, "d", KeyauthzConfig{NegativeSize: dNegativeSize})
+	s, err := r.keyauthz(ctx, "d", KeyauthzConfig{NegativeSize: dNegativeSize, Pprof: r.profiling("d") || r.profiling("d-fresh")})
 	if err != nil {
 		return err
 	}
@@ -364,7 +492,7 @@ func (r *runner) scenarioD(ctx context.Context) error {
 }
 
 func (r *runner) scenarioE(ctx context.Context) error {
-	s, err := r.keyauthz(ctx, "e", KeyauthzConfig{})
+	s, err := r.keyauthz(ctx, "e", KeyauthzConfig{Pprof: r.profiling("e")})
 	if err != nil {
 		return err
 	}
@@ -395,7 +523,7 @@ func (r *runner) scenarioE(ctx context.Context) error {
 }
 
 func (r *runner) scenarioF(ctx context.Context) error {
-	s, err := r.keyauthz(ctx, "f", KeyauthzConfig{})
+	s, err := r.keyauthz(ctx, "f", KeyauthzConfig{Pprof: r.profiling("f")})
 	if err != nil {
 		return err
 	}

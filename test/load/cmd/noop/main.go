@@ -36,19 +36,24 @@ func (n *noop) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckRespon
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:9101", "gRPC listen address")
+	workers := flag.Uint("stream-workers", 0, "grpc.NumStreamWorkers (0: keyauthz's setting, a goroutine per stream); for experiments")
 	flag.Parse()
-	if err := run(*listen); err != nil {
+	if err := run(*listen, uint32(*workers)); err != nil {
 		fmt.Fprintln(os.Stderr, "noop:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr string) error {
+func run(addr string, workers uint32) error {
 	// The options of keyauthz's extauthz/app newGRPC with config.Default().GRPC.
-	srv := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	}
+	if workers > 0 {
+		opts = append(opts, grpc.NumStreamWorkers(workers))
+	}
+	srv := grpc.NewServer(opts...)
 	authv3.RegisterAuthorizationServer(srv, &noop{ok: &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: 0},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}},
