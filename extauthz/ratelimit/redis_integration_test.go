@@ -370,9 +370,20 @@ func TestRedisClusterOutage(t *testing.T) {
 		return c
 	}
 	ctx := context.Background()
-	r := newTestRedis(t, newCluster(), RedisOptions{Timeout: timeout, OnError: OnErrorDeny})
-	for i := range 10 { // warm every node's connections
-		if _, err := r.Allow(ctx, fmt.Sprint("warm", i), rate240); err != nil {
+	client := newCluster()
+	// Load the slot map with a generous deadline first (the app does the same at
+	// start); a 20 ms call may otherwise miss it on a loaded machine.
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := client.Ping(pctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	r := newTestRedis(t, client, RedisOptions{Timeout: timeout, OnError: OnErrorDeny})
+	warmBy := time.Now().Add(10 * time.Second)
+	for i := 0; i < 10; { // warm every node's connections
+		if _, err := r.Allow(ctx, fmt.Sprint("warm", i), rate240); err == nil {
+			i++
+		} else if time.Now().After(warmBy) {
 			t.Fatal(err)
 		}
 	}
