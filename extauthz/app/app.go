@@ -151,7 +151,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		KeyIDHeader: cfg.Headers.KeyID, WorkspaceHdr: cfg.Headers.Workspace,
 		Templates: cfg.Ownership.PathTemplates, DefaultRate: cfg.RateLimit.Default, WorkspaceRate: wsRate,
 		Body: cfg.Response.Body, Realm: cfg.Response.Realm, RateHeaders: cfg.Response.RateHeader,
-		ResetUnix: cfg.Response.Reset == "unix",
+		ResetUnix:  cfg.Response.Reset == "unix",
 		RevokedUse: a.bg.revokedUse, Rehash: a.bg.rehash, Used: a.usage.Used,
 	}, log)
 	if err != nil {

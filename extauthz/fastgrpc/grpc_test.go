@@ -376,7 +376,7 @@ func TestCodecKeepsBytes(t *testing.T) {
 		if err := newCodec().Unmarshal(data, &raw); err != nil {
 			t.Fatal(err)
 		}
-		data.Free() // as gRPC does once Unmarshal returns
+		data.Free()               // as gRPC does once Unmarshal returns
 		for i := 0; i < 10; i++ { // reuse whatever went back to the pool
 			b := pool.Get(len(wire))
 			for j := range *b {
