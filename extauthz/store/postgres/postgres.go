@@ -523,30 +523,9 @@ func (s *Store) Events(ctx context.Context, workspace string, after int64, n int
 // Create stores a new key and its digest, atomically with the workspace limit and
 // live-name checks (under the workspace's advisory lock). A zero ID or CreatedAt is filled in.
 func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error) {
-	k := nk.Key
-	if k.Workspace == "" || k.Name == "" {
-		return apikey.Key{}, errors.New("postgres create: workspace and name are required")
-	}
-	if k.ID == "" {
-		id, err := apikey.NewID()
-		if err != nil {
-			return apikey.Key{}, err
-		}
-		k.ID = id
-	}
-	at := row.Now()
-	if k.CreatedAt.IsZero() {
-		k.CreatedAt = at
-	}
-	k.CreatedAt, k.ExpiresAt, k.NotBefore = row.Norm(k.CreatedAt), row.Norm(k.ExpiresAt), row.Norm(k.NotBefore)
-	k.RevokedAt, k.LastUsedAt, k.PepperVersion = time.Time{}, time.Time{}, 0
-	grants, err := row.Grants(k.Grants)
+	k, at, grants, meta, err := row.NewKey(nk.Key)
 	if err != nil {
-		return apikey.Key{}, fmt.Errorf("postgres create: grants: %w", err)
-	}
-	meta, err := row.Meta(k.Metadata)
-	if err != nil {
-		return apikey.Key{}, fmt.Errorf("postgres create: metadata: %w", err)
+		return apikey.Key{}, fmt.Errorf("postgres create: %w", err)
 	}
 	err = s.write(ctx, func(tx pgx.Tx) error {
 		// A separate statement: the count below must see what the previous

@@ -4,8 +4,11 @@ package row
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
 
 // Now is the current time as stores keep it: UTC, microsecond precision.
@@ -56,4 +59,31 @@ func SplitDigests(b []byte) ([][32]byte, error) {
 		copy(out[i][:], b[32*i:])
 	}
 	return out, nil
+}
+
+// NewKey prepares a key for insertion the same way in every SQL store: it checks
+// workspace and name, fills a zero ID and CreatedAt, normalises times, clears
+// what a new key cannot have, and encodes grants and metadata. at is now.
+func NewKey(k apikey.Key) (_ apikey.Key, at time.Time, grants, meta string, err error) {
+	if k.Workspace == "" || k.Name == "" {
+		return k, at, "", "", errors.New("workspace and name are required")
+	}
+	if k.ID == "" {
+		if k.ID, err = apikey.NewID(); err != nil {
+			return k, at, "", "", err
+		}
+	}
+	at = Now()
+	if k.CreatedAt.IsZero() {
+		k.CreatedAt = at
+	}
+	k.CreatedAt, k.ExpiresAt, k.NotBefore = Norm(k.CreatedAt), Norm(k.ExpiresAt), Norm(k.NotBefore)
+	k.RevokedAt, k.LastUsedAt, k.PepperVersion = time.Time{}, time.Time{}, 0
+	if grants, err = Grants(k.Grants); err != nil {
+		return k, at, "", "", fmt.Errorf("grants: %w", err)
+	}
+	if meta, err = Meta(k.Metadata); err != nil {
+		return k, at, "", "", fmt.Errorf("metadata: %w", err)
+	}
+	return k, at, grants, meta, nil
 }
