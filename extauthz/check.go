@@ -63,7 +63,6 @@ type Service struct {
 	remove  []string
 	resp    responses
 	metrics *Metrics
-	idents  identities
 	log     *zap.Logger
 	now     func() time.Time
 }
@@ -140,6 +139,13 @@ func nonNil(p []KV) pairs {
 
 // Decide answers one request; Check is Decide over a decoded CheckRequest.
 func (s *Service) Decide(ctx context.Context, req *Request) (*authv3.CheckResponse, error) {
+	return s.DecideInto(ctx, req, new(Answer))
+}
+
+// DecideInto is Decide building an allowed response in a, which must not be in
+// use until the returned response has been marshalled; denies are shared,
+// read-only responses that do not touch a.
+func (s *Service) DecideInto(ctx context.Context, req *Request, a *Answer) (*authv3.CheckResponse, error) {
 	key, res := extract(req.headers, s.opt.Headers, s.opt.Bearer)
 	switch res {
 	case keyConflict:
@@ -193,7 +199,7 @@ func (s *Service) Decide(ctx context.Context, req *Request) (*authv3.CheckRespon
 		s.opt.Used(k.ID, now)
 	}
 	s.metrics.allow()
-	return s.allow(&k, d, now), nil
+	return a.fill(s, k.ID, k.Workspace, a.rate.build(d, now, s.opt.RateHeaders, s.opt.ResetUnix)), nil
 }
 
 // lookup hashes the key under the current pepper, then under older versions.
@@ -226,20 +232,4 @@ func (s *Service) rate(k *apikey.Key) apikey.Rate {
 		return r
 	}
 	return s.opt.DefaultRate
-}
-
-// allow builds the OK response: identity headers upstream, key headers removed,
-// rate-limit headers for the client and dynamic metadata for Envoy. The response
-// and its rate-limit headers share one allocation; the per-key parts are shared.
-func (s *Service) allow(k *apikey.Key, d ratelimit.Decision, now time.Time) *authv3.CheckResponse {
-	id := s.idents.get(k, s.opt.KeyIDHeader, s.opt.WorkspaceHdr)
-	r := new(okResponse)
-	r.ok.Headers = id.headers
-	r.ok.HeadersToRemove = s.remove
-	r.ok.ResponseHeadersToAdd = r.rate.build(d, now, s.opt.RateHeaders, s.opt.ResetUnix)
-	r.oneof.OkResponse = &r.ok
-	r.resp.Status = okStatus
-	r.resp.HttpResponse = &r.oneof
-	r.resp.DynamicMetadata = id.metadata
-	return &r.resp
 }

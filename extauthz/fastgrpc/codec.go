@@ -65,12 +65,23 @@ type vtMarshaler interface {
 
 // Marshal encodes a CheckResponse with vtprotobuf when it is compiled in (with
 // proto otherwise) into a pooled buffer that gRPC frees once it is written, and
-// anything else with the standard codec.
+// anything else with the standard codec. A reply that is a pooled call (an
+// allowed answer from Register's handler) is marshalled and then released.
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
-	m, ok := v.(*authv3.CheckResponse)
-	if !ok || m == nil {
-		return c.std.Marshal(v)
+	switch m := v.(type) {
+	case *call: // an allowed answer held by a pooled call: marshal, then release it
+		defer m.release()
+		return c.marshal(m.out)
+	case *authv3.CheckResponse:
+		if m != nil {
+			return c.marshal(m)
+		}
 	}
+	return c.std.Marshal(v)
+}
+
+// marshal encodes one CheckResponse.
+func (c codec) marshal(m *authv3.CheckResponse) (mem.BufferSlice, error) {
 	if vt, ok := any(m).(vtMarshaler); ok {
 		n := vt.SizeVT()
 		if n > respBufSize {
@@ -92,7 +103,7 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	}
 	// As the standard codec does, but into a pooled buffer even when small.
 	if n := proto.Size(m); n > respBufSize {
-		return c.std.Marshal(v)
+		return c.std.Marshal(m)
 	}
 	buf := respBufs.Get(0)
 	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(*buf, m)

@@ -3,6 +3,7 @@ package fastgrpc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keyauthz/keyauthz/extauthz"
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
 
 // serve starts a gRPC server on an in-memory listener with the Check service
@@ -392,5 +394,70 @@ func TestCodecKeepsBytes(t *testing.T) {
 			t.Fatalf("%d buffers: decoded %q with %d headers", len(parts), r.path, len(r.headers))
 		}
 		raw.free()
+	}
+}
+
+// TestPooledAnswers: without interceptors, allowed answers are built in pooled
+// calls and released after marshalling; under concurrency every caller still
+// gets its own key's answer, identical to Check's, never another call's.
+func TestPooledAnswers(t *testing.T) {
+	fx := newFixture(t, nil)
+	format, err := apikey.NewFormat("kz", 256, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type tc struct {
+		req  *authv3.CheckRequest
+		want *authv3.CheckResponse
+	}
+	var cases []tc
+	fx.keys.mu.Lock()
+	for i := range 32 {
+		secret, err := format.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx.keys.m[fx.hasher.Sum(secret).Sum] = apikey.Key{ID: fmt.Sprintf("key_%02d", i), Workspace: "acme"}
+		cases = append(cases, tc{req: envoyRequest(secret, 15)})
+	}
+	fx.keys.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i := range cases {
+		want, err := fx.svc.Check(ctx, cases[i].req)
+		if err != nil || want.GetOkResponse() == nil {
+			t.Fatalf("key %d: %v %v", i, want, err)
+		}
+		cases[i].want = want
+	}
+	cases = append(cases, tc{req: envoyRequest(fx.unknown, 15)}) // a shared deny in the mix
+	if cases[len(cases)-1].want, err = fx.svc.Check(ctx, cases[len(cases)-1].req); err != nil {
+		t.Fatal(err)
+	}
+
+	client := serve(t, fx, true, ServerOption())
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				c := cases[(w*7+i)%len(cases)]
+				got, err := client.Check(ctx, c.req)
+				if err == nil && !proto.Equal(got, c.want) {
+					err = fmt.Errorf("call %d: got %v\nwant %v", i, got, c.want)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }

@@ -22,6 +22,7 @@ const (
 type decider interface {
 	Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error)
 	Decide(ctx context.Context, req *extauthz.Request) (*authv3.CheckResponse, error)
+	DecideInto(ctx context.Context, req *extauthz.Request, a *extauthz.Answer) (*authv3.CheckResponse, error)
 }
 
 var _ decider = (*extauthz.Service)(nil)
@@ -33,7 +34,10 @@ var _ decider = (*extauthz.Service)(nil)
 // answered by svc.Check. Unary interceptors run as for the generated handler,
 // with FullMethod; on the fast path their request is an *extauthz.Request whose
 // strings alias the request buffer, so an interceptor must not keep it (nor the
-// request it sees otherwise) after it returns.
+// request it sees otherwise) after it returns. Without interceptors, an allowed
+// answer is built in pooled storage that the codec reuses once the answer is
+// marshalled: a stats handler given such a server sees the reply as an opaque
+// value and must not read it after the send.
 func Register(s *grpc.Server, svc *extauthz.Service) {
 	h := &handler{svc: svc}
 	h.invoke = h.call
@@ -51,21 +55,25 @@ type handler struct {
 	invoke grpc.UnaryHandler // h.call, made once so interceptors cost no allocation
 }
 
-// call is one Check call's reusable state.
+// call is one Check call's reusable state. On the fast path without
+// interceptors the handler hands gRPC the call itself as the reply, holding an
+// allowed response built in ans; the codec marshals that response and then
+// releases the call, so the answer costs no allocation.
 type call struct {
 	raw  rawRequest
 	req  request
 	wire extauthz.Request
 	info grpc.UnaryServerInfo
+	ans  extauthz.Answer
+	out  *authv3.CheckResponse // the reply, while gRPC holds the call
 }
 
 var calls = sync.Pool{New: func() any {
 	return &call{raw: rawRequest{CheckRequest: new(authv3.CheckRequest)}}
 }}
 
-// release returns c to the pool once nothing of the call is in use: the
-// response gRPC marshals after the handler returns never points into it.
-func (c *call) release() {
+// done drops the request: its bytes and everything decoded from them.
+func (c *call) done() {
 	if c.raw.buf == nil {
 		c.raw.CheckRequest.Reset()
 	}
@@ -73,25 +81,32 @@ func (c *call) release() {
 	c.req.reset()
 	c.wire = extauthz.Request{}
 	c.info = grpc.UnaryServerInfo{}
+}
+
+// release returns c to the pool once nothing of the call is in use.
+func (c *call) release() {
+	c.done()
+	c.out = nil
 	calls.Put(c)
 }
 
 // check is the grpc.MethodDesc handler.
 func (h *handler) check(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
 	c := calls.Get().(*call)
-	defer c.release()
 	if err := dec(&c.raw); err != nil {
+		c.release()
 		return nil, err
 	}
+	if c.raw.buf != nil && ic == nil {
+		return h.fast(ctx, c)
+	}
+	defer c.release()
 	var req any
 	if c.raw.buf != nil {
 		if err := c.req.decode(c.raw.bytes()); err != nil {
 			return nil, status.Error(codes.InvalidArgument, "malformed CheckRequest")
 		}
 		c.wire = extauthz.NewWireRequest(c.req.path, c.req.headers, c.req.ext)
-		if ic == nil {
-			return h.svc.Decide(ctx, &c.wire)
-		}
 		req = &c.wire
 	} else {
 		if ic == nil {
@@ -101,6 +116,25 @@ func (h *handler) check(srv any, ctx context.Context, dec func(any) error, ic gr
 	}
 	c.info = grpc.UnaryServerInfo{Server: srv, FullMethod: FullMethod}
 	return ic(ctx, req, &c.info, h.invoke)
+}
+
+// fast decides a request the codec kept as bytes. An allowed answer is built
+// in c and c itself is the reply (the codec marshals c.out, then releases c);
+// denies and errors are shared responses, and c is released at once.
+func (h *handler) fast(ctx context.Context, c *call) (any, error) {
+	if err := c.req.decode(c.raw.bytes()); err != nil {
+		c.release()
+		return nil, status.Error(codes.InvalidArgument, "malformed CheckRequest")
+	}
+	c.wire = extauthz.NewWireRequest(c.req.path, c.req.headers, c.req.ext)
+	resp, err := h.svc.DecideInto(ctx, &c.wire, &c.ans)
+	c.done() // the answer never points into the request
+	if err != nil || resp != c.ans.Response() {
+		c.release()
+		return resp, err
+	}
+	c.out = resp
+	return c, nil
 }
 
 // call answers req after the interceptors; they may also pass a CheckRequest of their own.
