@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -20,7 +21,10 @@ type redisLimiter struct {
 	client redis.UniversalClient
 }
 
-func (r *redisLimiter) Close() error { return r.client.Close() }
+// Close answers the decisions still queued for Redis, then closes the client.
+func (r *redisLimiter) Close() error {
+	return errors.Join(r.Redis.Close(), r.client.Close())
+}
 
 var _ extauthz.Limiter = (*redisLimiter)(nil)
 

@@ -60,15 +60,18 @@ return {1, ttl, 0}
 
 // RedisOptions configures a Redis limiter.
 type RedisOptions struct {
-	Timeout       time.Duration // per decision, applied with context.WithTimeout; default 20ms
+	Timeout       time.Duration // per decision, from the call (or the caller's deadline if sooner); default 20ms
 	OnError       string        // "allow" or "deny" (default) when Redis fails or times out
 	Prefix        string        // key prefix; a key is stored as "<prefix>:{<key>}"; default "keyauthz"
 	DenyCacheSize int           // keys remembered as over their limit; 0 means 10000, negative turns the cache off
 }
 
 // Redis is a GCRA limiter whose state lives in Redis, shared by every
-// replica: one atomic Lua script (one round trip) per decision, on Redis
-// server time, with hash-tagged keys so it works on Redis Cluster.
+// replica: one atomic Lua script (one command) per decision, on Redis
+// server time, with hash-tagged keys so it works on Redis Cluster. The
+// decisions in flight at the same time are sent together as one pipeline
+// per node (see batch.go), so a loaded server pays one write and one read
+// for many decisions; a lone decision is sent at once. Close stops it.
 //
 // When Redis fails or does not answer within the timeout, Allow returns a
 // Decision that follows OnError together with an error wrapping
@@ -84,15 +87,14 @@ type RedisOptions struct {
 // The script works in microseconds of Redis server time, so one key can
 // pass at most one request per microsecond (a finer rate is capped there).
 type Redis struct {
-	c      redis.UniversalClient
-	log    *zap.Logger
-	opt    RedisOptions
-	allow  bool // on-error policy
-	script *redis.Script
+	log   *zap.Logger
+	opt   RedisOptions
+	allow bool // on-error policy
+	batch *batcher
 
-	calls atomic.Uint64 // Redis round trips
+	calls atomic.Uint64 // commands sent to Redis
 	hits  atomic.Uint64 // decisions answered by the deny cache
-	down  atomic.Bool   // last round trip failed (logged once per outage)
+	down  atomic.Bool   // last decision failed (logged once per outage)
 
 	now  func() time.Time // deny-cache clock; nil is the real one, tests set it
 	base time.Time
@@ -138,13 +140,12 @@ func NewRedis(client redis.UniversalClient, log *zap.Logger, opt RedisOptions) (
 		opt.DenyCacheSize = DefaultDenyCacheSize
 	}
 	r := &Redis{
-		c:      client,
-		log:    log.Named("ratelimit"),
-		opt:    opt,
-		allow:  opt.OnError == OnErrorAllow,
-		script: redis.NewScript(gcraScript),
-		base:   time.Now(),
+		log:   log.Named("ratelimit"),
+		opt:   opt,
+		allow: opt.OnError == OnErrorAllow,
+		base:  time.Now(),
 	}
+	r.batch = newBatcher(client, gcraScript, &r.calls)
 	if opt.DenyCacheSize > 0 {
 		r.over = make(map[string]overEntry)
 	}
@@ -195,12 +196,10 @@ func (r *Redis) Allow(ctx context.Context, key string, rate apikey.Rate) (Decisi
 		r.hits.Add(1)
 		return d, nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
-	defer cancel()
-	res, err := r.eval(cctx, r.opt.Prefix+":{"+key+"}", iv, tau)
-	if err == nil && len(res) != 3 {
-		err = fmt.Errorf("unexpected script reply of %d values", len(res))
+	if err := ctx.Err(); err != nil {
+		return r.fail(ctx, rate, iv, err)
 	}
+	res, err := r.eval(ctx, r.opt.Prefix+":{"+key+"}", iv, tau)
 	if err != nil {
 		return r.fail(ctx, rate, iv, err)
 	}
@@ -217,23 +216,64 @@ func (r *Redis) Allow(ctx context.Context, key string, rate apikey.Rate) (Decisi
 	return d, nil
 }
 
-// Calls returns the number of Redis round trips made so far.
+// Calls returns the number of commands sent to Redis so far: one per
+// decision that reached Redis, two when Redis had to load the script.
 func (r *Redis) Calls() uint64 { return r.calls.Load() }
 
 // CacheHits returns the number of decisions the deny cache answered without Redis.
 func (r *Redis) CacheHits() uint64 { return r.hits.Load() }
 
-// eval runs the script with EVALSHA, falling back to EVAL (which also loads
-// it) when the server does not have it cached, counting each round trip.
-func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([]int64, error) {
-	keys := []string{key}
-	r.calls.Add(1)
-	cmd := r.script.EvalSha(ctx, r.c, keys, iv, tau)
-	if err := cmd.Err(); err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")) {
-		r.calls.Add(1)
-		cmd = r.script.Eval(ctx, r.c, keys, iv, tau)
+// Close stops sending decisions to Redis: it waits until every decision
+// already queued has its answer (or has failed), and later decisions answer
+// by the on-error policy. It does not close the client.
+func (r *Redis) Close() error {
+	r.batch.close()
+	return nil
+}
+
+// eval queues one decision (EVALSHA, or EVAL when Redis does not have the
+// script) and waits for its reply until the decision's deadline: Timeout
+// from now, or ctx's deadline when that is sooner.
+func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([3]int64, error) {
+	deadline := time.Now().Add(r.opt.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
 	}
-	return cmd.Int64Slice()
+	q, err := r.batch.queueFor(key, deadline)
+	if err != nil {
+		return [3]int64{}, err
+	}
+	c := newCall(key, iv, tau, deadline)
+	c.timer.Reset(time.Until(deadline))
+	if !q.add(c) {
+		c.timer.Stop()
+		c.release()
+		return [3]int64{}, errClosed
+	}
+	var stop error
+	select {
+	case <-c.done:
+	case <-c.timer.C:
+		stop = context.DeadlineExceeded
+	case <-ctx.Done():
+		stop = ctx.Err()
+	}
+	c.timer.Stop()
+	if stop != nil && !c.state.CompareAndSwap(callPending, callAbandoned) {
+		// The reply came in as the caller gave up: use it.
+		<-c.done
+		stop = nil
+	}
+	if stop != nil {
+		return [3]int64{}, stop // the executor may still hold c: not reused
+	}
+	res, err := c.res, c.err
+	c.release()
+	return res, err
+}
+
+func errReply(n int) error {
+	return fmt.Errorf("unexpected script reply of %d values", n)
 }
 
 // fail answers by the on-error policy; the first failure of an outage is logged.

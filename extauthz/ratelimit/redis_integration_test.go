@@ -113,11 +113,7 @@ func clusterClient(t testing.TB) redis.UniversalClient {
 
 func newTestRedis(t testing.TB, c redis.UniversalClient, opt RedisOptions) *Redis {
 	t.Helper()
-	r, err := NewRedis(c, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return newRedis(t, c, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), opt)
 }
 
 // TestRedisConcurrentExact fires 1000 concurrent decisions for one key at
@@ -183,6 +179,12 @@ func TestRedisConcurrentExact(t *testing.T) {
 
 			if got := r.Calls() - calls0; got != total {
 				t.Fatalf("Calls() went up by %d for %d decisions, want one each", got, total)
+			}
+			// Concurrent decisions share pipelines (one write, one read for many).
+			pipes := r.batch.pipes.Load()
+			t.Logf("%d decisions in %d pipelines", total, pipes)
+			if pipes > total/2 {
+				t.Fatalf("%d pipelines for %d concurrent decisions: not batched", pipes, total)
 			}
 			sha1, eval1 := scriptCalls(t, c)
 			if sha1-sha0 != total || eval1 != eval0 {
@@ -445,5 +447,145 @@ func TestRedisClusterOutage(t *testing.T) {
 			t.Fatalf("after restart: %q, %v", got, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRedisCloseDrains queues decisions while Redis is paused and closes the
+// limiter: Close waits until Redis (resumed) has answered every decision
+// already queued, so closing the client right after it fails none of them;
+// a decision made once Close has begun answers by the policy without a
+// command.
+func TestRedisCloseDrains(t *testing.T) {
+	p, c := singleClient(t)
+	r := newTestRedis(t, c, RedisOptions{Timeout: 10 * time.Second, DenyCacheSize: -1})
+	loadScript(t, c)
+	ctx := context.Background()
+	if _, err := r.Allow(ctx, "warm", rate240); err != nil {
+		t.Fatal(err)
+	}
+	p.Pause()
+	t.Cleanup(p.Resume)
+	const n = 50
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			d, err := r.Allow(ctx, fmt.Sprint("drain-", i), rate240)
+			if err == nil && !d.Allowed {
+				err = fmt.Errorf("denied: %+v", d)
+			}
+			errs <- err
+		}()
+	}
+	// One pipeline is out to the paused server, the rest wait behind it.
+	eventually(t, "every decision is sent or queued", func() bool {
+		return int(r.Calls())-1+r.batch.single.queued() == n
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- r.Close() }()
+	eventually(t, "Close has begun", func() bool {
+		r.batch.mu.RLock()
+		defer r.batch.mu.RUnlock()
+		return r.batch.closed
+	})
+	sent := r.Calls()
+	if d, err := r.Allow(ctx, "late", rate240); !errors.Is(err, ErrUnavailable) || d.Allowed {
+		t.Fatalf("decision during Close: %+v, %v; want the deny policy and ErrUnavailable", d, err)
+	}
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while decisions wait for a paused Redis", err)
+	default:
+	}
+	p.Resume()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil { // what the app does right after
+		t.Fatal(err)
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("a decision queued before Close failed: %v", err)
+		}
+	}
+	if got := r.Calls(); got != n+1 {
+		t.Fatalf("%d commands sent, want %d (one per decision before Close; none during Close, sent %d when it began)", got, n+1, sent)
+	}
+}
+
+// TestRedisClusterSlowNode pauses one master of a cluster: decisions for
+// keys on the other masters go on being answered by Redis while one for a
+// key on the paused master is stuck (each master has its own queue).
+func TestRedisClusterSlowNode(t *testing.T) {
+	procs := testenv.StartRedisClusterNodes(t, 3)
+	addrs := make([]string, len(procs))
+	for i, p := range procs {
+		addrs[i] = p.Addr()
+	}
+	c, err := NewRedisClient(addrs, true, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	cc := c.(*redis.ClusterClient)
+	ctx := context.Background()
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := cc.Ping(pctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	const stuckFor = 5 * time.Second
+	r := newTestRedis(t, c, RedisOptions{Timeout: stuckFor, DenyCacheSize: -1})
+	loadScript(t, c)
+
+	// One key per master, found by its slot; the paused master is the first key's.
+	keys := map[string]string{} // master address -> key
+	for i := 0; len(keys) < len(procs); i++ {
+		if i > 10_000 {
+			t.Fatalf("found keys for only %d masters", len(keys))
+		}
+		k := fmt.Sprint("node-key-", i)
+		m, err := cc.MasterForKey(pctx, "keyauthz:{"+k+"}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := keys[m.Options().Addr]; !ok {
+			keys[m.Options().Addr] = k
+			if _, err := r.Allow(ctx, k, rate240); err != nil { // warm the node's connection
+				t.Fatal(err)
+			}
+		}
+	}
+	var paused string
+	for _, p := range procs {
+		if _, ok := keys[p.Addr()]; ok && paused == "" {
+			paused = p.Addr()
+			p.Pause()
+			t.Cleanup(p.Resume)
+		}
+	}
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := r.Allow(ctx, keys[paused], rate240)
+		stuck <- err
+	}()
+	eventually(t, "the decision for the paused master is sent", func() bool { return r.Calls() == uint64(len(procs))+1 })
+	for addr, k := range keys {
+		if addr == paused {
+			continue
+		}
+		for range 3 {
+			if d, err := r.Allow(ctx, k, rate240); err != nil || !d.Allowed {
+				t.Fatalf("key on healthy master %s: %+v, %v", addr, d, err)
+			}
+		}
+	}
+	select {
+	case err := <-stuck:
+		t.Fatalf("the decision for the paused master returned (%v) before the healthy ones were answered", err)
+	default:
+	}
+	if err := <-stuck; !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("paused master: %v, want ErrUnavailable", err)
 	}
 }

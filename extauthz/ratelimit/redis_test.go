@@ -18,6 +18,18 @@ import (
 
 var rate240 = apikey.Rate{N: 240, Per: time.Minute}
 
+// newRedis returns a limiter that is closed when the test ends (before its
+// client, which was made first).
+func newRedis(t testing.TB, c redis.UniversalClient, log *zap.Logger, opt RedisOptions) *Redis {
+	t.Helper()
+	r, err := NewRedis(c, log, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
 func newClient(t testing.TB, addr string) redis.UniversalClient {
 	t.Helper()
 	c, err := NewRedisClient([]string{addr}, false, "")
@@ -131,10 +143,7 @@ func TestRedisUnavailablePolicy(t *testing.T) {
 		for _, policy := range []string{OnErrorAllow, OnErrorDeny} {
 			t.Run(srv+"/"+policy, func(t *testing.T) {
 				core, logs := observer.New(zap.InfoLevel)
-				r, err := NewRedis(newClient(t, addr), zap.New(core), RedisOptions{Timeout: timeout, OnError: policy})
-				if err != nil {
-					t.Fatal(err)
-				}
+				r := newRedis(t, newClient(t, addr), zap.New(core), RedisOptions{Timeout: timeout, OnError: policy})
 				for i := 0; i < 5; i++ {
 					start := time.Now()
 					d, err := r.Allow(context.Background(), "key_secretish", rate240)
@@ -179,11 +188,8 @@ func fmtAny(v any) string {
 }
 
 func TestRedisInvalidRateIsNotUnavailable(t *testing.T) {
-	r, err := NewRedis(newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{OnError: OnErrorAllow})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = r.Allow(context.Background(), "k", apikey.Rate{})
+	r := newRedis(t, newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{OnError: OnErrorAllow})
+	_, err := r.Allow(context.Background(), "k", apikey.Rate{})
 	if !errors.Is(err, ErrInvalidRate) || errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err %v, want ErrInvalidRate only", err)
 	}
@@ -194,10 +200,7 @@ func TestRedisInvalidRateIsNotUnavailable(t *testing.T) {
 
 func TestRedisDenyCache(t *testing.T) {
 	clk := newFakeClock()
-	r, err := NewRedis(newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRedis(t, newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: 2})
 	r.now, r.base = clk.Now, clk.Now()
 	rate := apikey.Rate{N: 4, Per: time.Second}
 	r.remember("k", rate, Decision{RetryAfter: 100 * time.Millisecond, Reset: time.Second})
@@ -238,10 +241,7 @@ func TestRedisDenyCache(t *testing.T) {
 }
 
 func TestRedisDenyCacheOff(t *testing.T) {
-	r, err := NewRedis(newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRedis(t, newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: -1})
 	r.remember("k", rate240, Decision{RetryAfter: time.Second})
 	if _, ok := r.cached("k", rate240); ok {
 		t.Fatal("disabled cache answered")

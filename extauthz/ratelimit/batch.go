@@ -1,0 +1,322 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Decisions that reach Redis are sent in batches: every decision is still
+// exactly one EVALSHA (atomic on its own), but the decisions in flight at the
+// same moment share one pipelined write and one read, which is what a
+// decision costs in syscalls and wake-ups. Batching is natural: a queue has
+// at most one pipeline in flight; whatever queued while it was out is sent as
+// the next pipeline the moment it returns, so a lone decision waits for
+// nothing and a loaded server sends deep pipelines. A Redis Cluster gets one
+// queue per master, so a slow or dead node holds up only its own keys.
+//
+// Each decision keeps its own deadline: its caller stops waiting when it
+// passes (and answers by the on-error policy), a command whose deadline has
+// passed while queued is not sent at all, and a pipeline's context carries
+// the latest deadline among its commands, so a hung connection frees its
+// queue no later than that.
+
+// Call states: a call is pending until the executor completes it or its
+// caller abandons it (deadline or cancellation), whichever comes first.
+const (
+	callPending uint32 = iota
+	callDone
+	callAbandoned
+)
+
+// call is one decision waiting for Redis.
+type call struct {
+	key      string // hash-tagged Redis key
+	iv, tau  int64
+	deadline time.Time
+
+	state atomic.Uint32
+	done  chan struct{} // receives once when the executor completes the call
+	timer *time.Timer   // the caller's deadline; reused with the call
+
+	res [3]int64 // script reply
+	err error
+}
+
+var callPool = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &call{done: make(chan struct{}, 1), timer: t}
+}}
+
+// newCall returns a pending call from the pool.
+func newCall(key string, iv, tau int64, deadline time.Time) *call {
+	c := callPool.Get().(*call)
+	c.key, c.iv, c.tau, c.deadline = key, iv, tau, deadline
+	c.state.Store(callPending)
+	return c
+}
+
+// release returns a completed call, whose done signal its caller has
+// received, to the pool. An abandoned call is left to the garbage collector:
+// the executor may still hold it.
+func (c *call) release() {
+	c.key, c.err, c.res = "", nil, [3]int64{}
+	callPool.Put(c)
+}
+
+// complete records the script's reply (or the command's error) and wakes
+// the caller, unless it has given up.
+func (c *call) complete(cmd *redis.Cmd, err error) {
+	if err == nil {
+		err = c.parse(cmd)
+	}
+	c.err = err
+	if c.state.CompareAndSwap(callPending, callDone) {
+		c.done <- struct{}{}
+	}
+}
+
+// parse reads the script's reply, three integers, into c.res.
+func (c *call) parse(cmd *redis.Cmd) error {
+	vals, err := cmd.Slice()
+	if err != nil {
+		return err
+	}
+	if len(vals) != len(c.res) {
+		return errReply(len(vals))
+	}
+	for i, v := range vals {
+		n, ok := v.(int64)
+		if !ok {
+			return fmt.Errorf("unexpected script reply value %T", v)
+		}
+		c.res[i] = n
+	}
+	return nil
+}
+
+// errClosed is the error of decisions made after Close.
+var errClosed = errors.New("limiter closed")
+
+// errExpired is the error of a decision whose deadline passed while it waited
+// to be sent (no command was sent for it).
+var errExpired = fmt.Errorf("%w before the command was sent", context.DeadlineExceeded)
+
+// queue batches the calls for one Redis target (a single node, or one
+// master of a cluster). Its executor goroutine, started with the first call
+// and stopped by Close, runs one pipeline at a time and sleeps while the
+// queue is empty.
+type queue struct {
+	b    *batcher
+	wake chan struct{} // wakes a sleeping executor
+
+	mu      sync.Mutex
+	pending []*call
+	started bool // the executor goroutine runs
+	idle    bool // the executor sleeps, waiting for wake
+	closing bool // Close was called: the executor exits once the queue is empty
+}
+
+// newQueue returns an empty queue of b; its executor starts with the first call.
+func newQueue(b *batcher) *queue {
+	return &queue{b: b, wake: make(chan struct{}, 1)}
+}
+
+// add queues c, waking the executor if it sleeps. It returns false, without
+// queueing, once the batcher is closed.
+func (q *queue) add(c *call) bool {
+	q.b.mu.RLock()
+	defer q.b.mu.RUnlock()
+	if q.b.closed {
+		return false
+	}
+	q.mu.Lock()
+	q.pending = append(q.pending, c)
+	wake := q.idle
+	q.idle = false
+	if !q.started {
+		q.started = true
+		q.b.wg.Add(1)
+		go q.run()
+	}
+	q.mu.Unlock()
+	if wake {
+		q.wake <- struct{}{}
+	}
+	return true
+}
+
+// stop makes the executor exit once it has sent what is queued.
+func (q *queue) stop() {
+	q.mu.Lock()
+	q.closing = true
+	wake := q.idle
+	q.idle = false
+	q.mu.Unlock()
+	if wake {
+		q.wake <- struct{}{}
+	}
+}
+
+// run is the executor: it sends the queued calls, one pipeline at a time.
+func (q *queue) run() {
+	defer q.b.wg.Done()
+	var prev []*call // the previous batch's slice, reused for the next queue
+	for {
+		q.mu.Lock()
+		for len(q.pending) == 0 {
+			if q.closing {
+				q.mu.Unlock()
+				return
+			}
+			q.idle = true
+			q.mu.Unlock()
+			<-q.wake
+			q.mu.Lock()
+		}
+		batch := q.pending
+		q.pending = prev[:0]
+		q.mu.Unlock()
+
+		q.b.exec(batch)
+		clear(batch) // drop the calls: they go back to the pool
+		prev = batch
+	}
+}
+
+// batcher sends calls as pipelined EVALSHA commands, with an EVAL fallback
+// for the commands Redis answers NOSCRIPT.
+type batcher struct {
+	c       redis.UniversalClient
+	cluster *redis.ClusterClient // nil for a single node
+	sha     any                  // the script's SHA-1, boxed once
+	src     any                  // the script, boxed once
+	sent    *atomic.Uint64       // commands sent
+	pipes   atomic.Uint64        // pipelines sent
+
+	single *queue      // the queue of a single node
+	nodes  sync.Map    // cluster: *redis.Client (a master) -> *queue
+	routed atomic.Bool // cluster: the slot map has been loaded once
+
+	mu     sync.RWMutex // guards closed; taken before a queue's mutex
+	closed bool
+	wg     sync.WaitGroup // executors
+}
+
+// newBatcher returns a batcher sending the Lua script src on c, counting
+// the commands it sends in sent.
+func newBatcher(c redis.UniversalClient, src string, sent *atomic.Uint64) *batcher {
+	b := &batcher{c: c, sha: redis.NewScript(src).Hash(), src: src, sent: sent}
+	b.single = newQueue(b)
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		b.cluster = cc
+	}
+	return b
+}
+
+// queueFor returns the queue of the node that owns key. Until a cluster's
+// slot map has been loaded once, looking it up may reach the network and is
+// bounded by deadline; after that it is a lookup in memory.
+func (b *batcher) queueFor(key string, deadline time.Time) (*queue, error) {
+	if b.cluster == nil {
+		return b.single, nil
+	}
+	ctx := context.Background()
+	if !b.routed.Load() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	node, err := b.cluster.MasterForKey(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	if !b.routed.Load() {
+		b.routed.Store(true)
+	}
+	if q, ok := b.nodes.Load(node); ok {
+		return q.(*queue), nil
+	}
+	q, _ := b.nodes.LoadOrStore(node, newQueue(b))
+	return q.(*queue), nil
+}
+
+// exec sends one batch: the calls still worth sending go out as one pipeline
+// (EVALSHA each); those answered NOSCRIPT go out again as EVAL.
+func (b *batcher) exec(batch []*call) {
+	now := time.Now()
+	live := batch[:0]
+	var latest time.Time
+	for _, c := range batch {
+		switch {
+		case c.state.Load() != callPending:
+			// its caller has given up: nothing to send
+		case !c.deadline.After(now):
+			c.complete(nil, errExpired)
+		default:
+			live = append(live, c)
+			if c.deadline.After(latest) {
+				latest = c.deadline
+			}
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), latest)
+	defer cancel()
+	cmds := make([]*redis.Cmd, len(live))
+	pipe := b.c.Pipeline()
+	for i, c := range live {
+		cmds[i] = redis.NewCmd(ctx, "evalsha", b.sha, 1, c.key, c.iv, c.tau)
+		_ = pipe.Process(ctx, cmds[i])
+	}
+	b.sent.Add(uint64(len(live)))
+	b.pipes.Add(1)
+	_, _ = pipe.Exec(ctx) // each command carries its own error
+
+	var again []int
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")) {
+			again = append(again, i)
+			continue
+		}
+		live[i].complete(cmd, nil)
+	}
+	if len(again) == 0 {
+		return
+	}
+	// EVAL runs the script and loads it, so later decisions are one EVALSHA again.
+	pipe = b.c.Pipeline()
+	for _, i := range again {
+		cmds[i] = redis.NewCmd(ctx, "eval", b.src, 1, live[i].key, live[i].iv, live[i].tau)
+		_ = pipe.Process(ctx, cmds[i])
+	}
+	b.sent.Add(uint64(len(again)))
+	b.pipes.Add(1)
+	_, _ = pipe.Exec(ctx)
+	for _, i := range again {
+		live[i].complete(cmds[i], nil)
+	}
+}
+
+// close stops taking calls and waits until every queued call is answered.
+func (b *batcher) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	// No call is queued from here on: stop every executor once it has sent
+	// what it holds.
+	b.single.stop()
+	b.nodes.Range(func(_, q any) bool {
+		q.(*queue).stop()
+		return true
+	})
+	b.wg.Wait()
+}
