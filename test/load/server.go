@@ -48,6 +48,7 @@ type KeyauthzConfig struct {
 	CacheSize    int      // cache.size; 0 keeps the default
 	Pprof        bool     // serve /debug/pprof
 	Env          []string // extra environment, e.g. GOMAXPROCS=1
+	GRPCListen   string   // grpc.listen, e.g. unix:///path; "" picks a free loopback port
 }
 
 // DefaultRate is the scenarios' ratelimit.default: high enough that no
@@ -80,9 +81,12 @@ func (c KeyauthzConfig) yaml(grpcAddr, httpAddr string) string {
 // StartKeyauthz writes the config into dir, runs `keyauthz serve` on cpus and
 // waits for /readyz.
 func StartKeyauthz(ctx context.Context, name, dir, bin, cpus string, c KeyauthzConfig) (*Server, error) {
-	g, err := freeAddr()
-	if err != nil {
-		return nil, err
+	g := c.GRPCListen
+	if g == "" {
+		var err error
+		if g, err = freeAddr(); err != nil {
+			return nil, err
+		}
 	}
 	h, err := freeAddr()
 	if err != nil {

@@ -2,8 +2,9 @@
 // every Check with OK and does nothing else. It runs the same grpc-go server with
 // the same server options as keyauthz (extauthz/app newGRPC with the default
 // config: keepalive time 1m / timeout 20s, enforcement min time 5s with
-// PermitWithoutStream, no stream limit, no TLS) and the default protobuf codec,
-// so its CPU per Check is the floor that gRPC and protobuf alone cost.
+// PermitWithoutStream, fixed 1 MiB flow-control windows, no stream limit, no
+// TLS) and the default protobuf codec, so its CPU per Check is the floor that
+// gRPC and protobuf alone cost.
 package main
 
 import (
@@ -49,6 +50,8 @@ func run(addr string, workers uint32) error {
 	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.StaticStreamWindowSize(1 << 20), // newGRPC's grpcWindow: fixed windows, no BDP PING per call
+		grpc.StaticConnWindowSize(1 << 20),
 	}
 	if workers > 0 {
 		opts = append(opts, grpc.NumStreamWorkers(workers))
