@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +35,7 @@ type Config struct {
 	Workspaces map[string]Workspace `yaml:"workspaces"`
 	Admin      Admin                `yaml:"admin"`
 	Log        Log                  `yaml:"log"`
+	Runtime    Runtime              `yaml:"runtime"`
 }
 
 // GRPC is the ext_authz and health listener.
@@ -162,6 +165,63 @@ type Log struct {
 	Level string `yaml:"level"` // debug | info | warn | error
 }
 
+// Runtime tunes the Go garbage collector of `serve`. The GOGC and GOMEMLIMIT
+// environment variables, when set, win over these.
+type Runtime struct {
+	// GCPercent is the heap growth, in percent of the live heap, that starts
+	// the next collection (GOGC); higher means fewer collections and more memory.
+	GCPercent int `yaml:"gc_percent"`
+	// MemoryLimit is the Go runtime's soft memory limit (GOMEMLIMIT): "auto"
+	// (MemoryLimitRatio of the container's cgroup memory limit, none when the
+	// container has none), "off", or a size such as 768MiB or 1Gi.
+	MemoryLimit string `yaml:"memory_limit"`
+	// MemoryLimitRatio is the share of the cgroup memory limit that "auto" sets,
+	// leaving the rest for memory the Go runtime does not manage (SQLite's page cache).
+	MemoryLimitRatio float64 `yaml:"memory_limit_ratio"`
+}
+
+// Memory limit words of runtime.memory_limit.
+const (
+	MemoryLimitAuto = "auto"
+	MemoryLimitOff  = "off"
+)
+
+// ParseByteSize reads a size such as 1073741824, 512MiB, 1Gi or 64KiB: a
+// non-negative integer and an optional binary unit (B, KiB/Ki, MiB/Mi,
+// GiB/Gi, TiB/Ti).
+func ParseByteSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, fmt.Errorf("%q: want a size such as 768MiB or 1Gi", s)
+	}
+	n, err := strconv.ParseInt(s[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q: %w", s, err)
+	}
+	var shift uint
+	switch strings.TrimSpace(s[i:]) {
+	case "", "B":
+	case "KiB", "Ki":
+		shift = 10
+	case "MiB", "Mi":
+		shift = 20
+	case "GiB", "Gi":
+		shift = 30
+	case "TiB", "Ti":
+		shift = 40
+	default:
+		return 0, fmt.Errorf("%q: unit %q: want B, KiB, MiB, GiB or TiB (Ki, Mi, Gi, Ti)", s, s[i:])
+	}
+	if n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("%q: too large", s)
+	}
+	return n << shift, nil
+}
+
 // Default returns the embedded defaults: loopback listeners and sqlite ./keyauthz.db.
 func Default() Config {
 	return Config{
@@ -179,6 +239,7 @@ func Default() Config {
 		RateLimit: RateLimit{Backend: "local", Default: apikey.Rate{N: 240, Per: time.Minute}, OnError: "deny", Timeout: 20 * time.Millisecond},
 		Admin:     Admin{MaxBody: 64 << 10},
 		Log:       Log{Level: "info"},
+		Runtime:   Runtime{GCPercent: 100, MemoryLimit: MemoryLimitAuto, MemoryLimitRatio: 0.9},
 	}
 }
 
@@ -209,6 +270,9 @@ func Parse(b []byte) (Config, error) {
 	}
 	return c, nil
 }
+
+// minMemoryLimit is the smallest runtime.memory_limit accepted.
+const minMemoryLimit = 16 << 20
 
 // FieldError is a validation failure at a YAML path.
 type FieldError struct {
@@ -351,6 +415,21 @@ func (c *Config) Validate() error {
 		bad("admin.max_body", "must be positive")
 	}
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	if c.Runtime.GCPercent <= 0 {
+		bad("runtime.gc_percent", "must be a positive percentage (GOGC=off stays possible through the environment)")
+	}
+	switch ml := c.Runtime.MemoryLimit; ml {
+	case MemoryLimitAuto, MemoryLimitOff:
+	default:
+		if n, err := ParseByteSize(ml); err != nil {
+			bad("runtime.memory_limit", "%v (or auto, off)", err)
+		} else if n < minMemoryLimit {
+			bad("runtime.memory_limit", "%q is under %d MiB: the collector would run without pause", ml, minMemoryLimit>>20)
+		}
+	}
+	if r := c.Runtime.MemoryLimitRatio; !(r > 0 && r <= 1) {
+		bad("runtime.memory_limit_ratio", "%v: want a share of the container limit in (0, 1]", r)
+	}
 	return errors.Join(errs...)
 }
 

@@ -61,11 +61,49 @@ func TestErrorsNameThePath(t *testing.T) {
 		{"keys: {prefix: 'a b'}", "keys.prefix"},
 		{"workspaces: {acme: {max_keys: -1}}", "workspaces.acme.max_keys"},
 		{"cache: {size: 0}", "cache.size"},
+		{"runtime: {gc_percent: 0}", "runtime.gc_percent"},
+		{"runtime: {memory_limit: lots}", "runtime.memory_limit"},
+		{"runtime: {memory_limit: 512MB}", "runtime.memory_limit"},
+		{"runtime: {memory_limit: 1Mi}", "runtime.memory_limit"},
+		{"runtime: {memory_limit_ratio: 1.5}", "runtime.memory_limit_ratio"},
+		{"runtime: {memory_limit_ratio: 0}", "runtime.memory_limit_ratio"},
 	}
 	for _, tc := range tests {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.path) {
 			t.Errorf("%s: error %v does not name %s", tc.yaml, err, tc.path)
+		}
+	}
+}
+
+func TestRuntime(t *testing.T) {
+	if r := Default().Runtime; r.GCPercent != 100 || r.MemoryLimit != MemoryLimitAuto || r.MemoryLimitRatio != 0.9 {
+		t.Fatalf("runtime defaults = %+v, want Go's GOGC 100 and a limit at 90%% of the container's", r)
+	}
+	c, err := Parse([]byte("runtime: {gc_percent: 400, memory_limit: 768MiB}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Runtime.GCPercent != 400 || c.Runtime.MemoryLimit != "768MiB" || c.Runtime.MemoryLimitRatio != 0.9 {
+		t.Fatalf("parsed %+v", c.Runtime)
+	}
+	if _, err := Parse([]byte("runtime: {memory_limit: off}")); err != nil {
+		t.Fatalf("memory_limit off: %v", err)
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"0": 0, "1048576": 1 << 20, "64KiB": 64 << 10, "512MiB": 512 << 20, "512Mi": 512 << 20,
+		"1GiB": 1 << 30, "1 Gi": 1 << 30, "2TiB": 2 << 40, "100B": 100,
+	} {
+		if got, err := ParseByteSize(in); err != nil || got != want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1.5GiB", "1GB", "1 G", "9999999999TiB", "99999999999999999999"} {
+		if got, err := ParseByteSize(in); err == nil {
+			t.Errorf("ParseByteSize(%q) = %d, want an error", in, got)
 		}
 	}
 }

@@ -103,9 +103,9 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 			return nil, fmt.Errorf("open store %s: %w", redactURL(cfg.Store.URL), err)
 		}
 	}
-	a.cache, err = keycache.New(timeoutLookup{a.store, cfg.Store.Timeout}, keycache.Options{
+	a.cache, err = keycache.New(cacheSource(a.store), keycache.Options{
 		Size: cfg.Cache.Size, TTL: cfg.Cache.TTL, NegativeSize: cfg.Cache.NegativeSize,
-		NegativeTTL: cfg.Cache.NegativeTTL, MaxStaleness: cfg.Store.MaxStaleness,
+		NegativeTTL: cfg.Cache.NegativeTTL, MaxStaleness: cfg.Store.MaxStaleness, ReadTimeout: cfg.Store.Timeout,
 	}, log.Named("cache"))
 	if err != nil {
 		return nil, err
@@ -342,6 +342,10 @@ func (a *App) routes() http.Handler {
 	return mux
 }
 
+// grpcWindow is the HTTP/2 stream and connection flow-control window of the
+// gRPC listener (test/load/cmd/noop uses the same).
+const grpcWindow = 1 << 20
+
 func newGRPC(c *config.GRPC) (*grpc.Server, error) {
 	var opts []grpc.ServerOption
 	if c.Codec == "fast" {
@@ -350,6 +354,13 @@ func newGRPC(c *config.GRPC) (*grpc.Server, error) {
 	opts = append(opts,
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.KeepaliveTime, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// Fixed flow-control windows. grpc-go's default dynamic window estimates the
+		// bandwidth-delay product with a PING (plus a WINDOW_UPDATE) on the first
+		// request after each PING ACK: below saturation that is every Check, one
+		// more frame out and one more wakeup for the peer's ACK. A CheckRequest is
+		// a few KiB, far under these windows.
+		grpc.StaticStreamWindowSize(grpcWindow),
+		grpc.StaticConnWindowSize(grpcWindow),
 	)
 	if c.MaxStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(c.MaxStreams))

@@ -192,6 +192,7 @@ func (c *cli) serve(args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	applyRuntime(cfg.Runtime, c.log)
 	a, err := New(c.ctx, cfg, c.log, Options{Embedded: embedded})
 	if err != nil {
 		return err

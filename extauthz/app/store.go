@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -51,17 +50,18 @@ func redactURL(u string) string {
 	return scheme + "://" + rest
 }
 
-// timeoutLookup bounds each store read the cache makes on a miss, so a slow store
-// costs a Check at most the store timeout, never a multi-second stall.
-type timeoutLookup struct {
-	s apikey.Lookuper
-	d time.Duration
+// checkReaderer is a store with a lean reader for the key cache (sqlite).
+type checkReaderer interface {
+	CheckReader() apikey.Lookuper
 }
 
-var _ apikey.Lookuper = timeoutLookup{}
+var _ checkReaderer = (*sqlite.Store)(nil)
 
-func (t timeoutLookup) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
-	ctx, cancel := context.WithTimeout(ctx, t.d)
-	defer cancel()
-	return t.s.Lookup(ctx, d)
+// cacheSource is what the key cache reads on a miss: the store's lean reader
+// when it has one, else the store. The cache bounds each read by store.timeout.
+func cacheSource(s apikey.Store) apikey.Lookuper {
+	if r, ok := s.(checkReaderer); ok {
+		return r.CheckReader()
+	}
+	return s
 }

@@ -32,6 +32,7 @@ type Options struct {
 	NegativeSize int           // negative entries (0 with NegativeTTL 0 disables negative caching)
 	NegativeTTL  time.Duration // unknown digests are remembered this long (0 = not remembered)
 	MaxStaleness time.Duration // store outage: a positive entry older than TTL is still served up to TTL+MaxStaleness when the store errors (0 = never serve stale)
+	ReadTimeout  time.Duration // bounds each store read (besides the starting caller's deadline); 0 = no bound of its own
 }
 
 // Stats are the cache's counters since New; Hits+NegativeHits+Misses is the number of Lookups.
@@ -55,6 +56,10 @@ const (
 	sweepPerInsert = 2
 	// minTick and maxTick bound the cache clock's resolution (a hundredth of the shortest TTL).
 	minTick, maxTick = time.Millisecond, 100 * time.Millisecond
+	// maxIdleReaders bounds the reader goroutines kept waiting for the next miss.
+	maxIdleReaders = 8
+	// readerIdle is how long an idle reader goroutine waits for a miss before it exits.
+	readerIdle = 10 * time.Second
 )
 
 // entry is one positive cache entry; key is never written after insertion,
@@ -107,6 +112,29 @@ type call struct {
 	err     error
 	stale   bool // key is a stale entry served because the store failed
 	evicted bool // Evict or Purge ran while in flight: do not insert the result (shard lock)
+
+	s        *shard
+	d        apikey.Digest
+	ctx      readCtx   // the read's context, before its deadline
+	deadline time.Time // zero: none
+}
+
+// readCtx is the context of a shared store read: the starting caller's values,
+// but the cache's cancellation (Close) instead of the caller's, since other
+// callers wait for the read too.
+type readCtx struct {
+	context.Context                 // the cache's: canceled by Close
+	values          context.Context // the starting caller's
+}
+
+// Value answers from the cache's context first, so that context.WithDeadline
+// finds the cache's cancelation (the only thing it holds) and links to it
+// without a goroutine; any other key is the caller's.
+func (r *readCtx) Value(key any) any {
+	if v := r.Context.Value(key); v != nil {
+		return v
+	}
+	return r.values.Value(key)
 }
 
 // shard is one independently locked part of the cache, chosen by the digest's first byte.
@@ -132,6 +160,13 @@ type Cache struct {
 	negTTL   time.Duration
 	maxStale time.Duration
 	retry    time.Duration
+	readTO   time.Duration
+
+	// Store reads run on reader goroutines that wait a while for the next
+	// miss instead of exiting: a read through a store driver grows a
+	// goroutine's stack, and a fresh goroutine per miss paid that every time.
+	jobs chan *call   // hands a read to an idle reader
+	idle atomic.Int32 // readers waiting on jobs
 
 	base time.Time
 	now  atomic.Int64 // coarse clock: monotonic nanoseconds since base, advanced by tick (by tests when not ticking)
@@ -169,6 +204,8 @@ func newCache(store apikey.Lookuper, opt Options, log *zap.Logger, tick bool) (*
 		return nil, fmt.Errorf("keycache: negative ttl %v: must not be negative", opt.NegativeTTL)
 	case opt.MaxStaleness < 0:
 		return nil, fmt.Errorf("keycache: max staleness %v: must not be negative", opt.MaxStaleness)
+	case opt.ReadTimeout < 0:
+		return nil, fmt.Errorf("keycache: read timeout %v: must not be negative", opt.ReadTimeout)
 	case (opt.NegativeSize == 0) != (opt.NegativeTTL == 0):
 		return nil, errors.New("keycache: negative size and negative ttl must both be set or both be 0")
 	}
@@ -185,6 +222,8 @@ func newCache(store apikey.Lookuper, opt Options, log *zap.Logger, tick bool) (*
 		negTTL:   opt.NegativeTTL,
 		maxStale: opt.MaxStaleness,
 		retry:    min(opt.TTL, maxStaleRetry),
+		readTO:   opt.ReadTimeout,
+		jobs:     make(chan *call),
 		base:     time.Now(),
 	}
 	c.done, c.stop = context.WithCancel(context.Background())
@@ -291,11 +330,16 @@ func (c *Cache) wait(ctx context.Context, s *shard, d apikey.Digest) (apikey.Key
 			s.mu.Unlock()
 			return apikey.Key{}, ErrClosed
 		}
-		c.wg.Add(1)
-		c.closeMu.RUnlock()
-		cl = &call{done: make(chan struct{})}
+		cl = &call{done: make(chan struct{}), s: s, d: d, ctx: readCtx{c.done, ctx}}
+		cl.deadline, _ = ctx.Deadline()
+		if c.readTO > 0 {
+			if dl := time.Now().Add(c.readTO); cl.deadline.IsZero() || dl.Before(cl.deadline) {
+				cl.deadline = dl
+			}
+		}
 		s.calls[d.Sum] = cl
-		go c.fetch(ctx, s, d, cl)
+		c.startRead(cl)
+		c.closeMu.RUnlock()
 	}
 	s.mu.Unlock()
 	s.misses.Add(1)
@@ -310,22 +354,64 @@ func (c *Cache) wait(ctx context.Context, s *shard, d apikey.Digest) (apikey.Key
 	return cl.key, cl.err
 }
 
-// fetch reads d from the store for every waiter of cl and records the result.
-// The read keeps the starting caller's deadline and values but not its
-// cancellation (other callers wait for it too); Close cancels it.
-func (c *Cache) fetch(ctx context.Context, s *shard, d apikey.Digest, cl *call) {
-	defer c.wg.Done()
-	rctx := context.WithoutCancel(ctx)
-	var cancel context.CancelFunc
-	if dl, ok := ctx.Deadline(); ok {
-		rctx, cancel = context.WithDeadline(rctx, dl)
-	} else {
-		rctx, cancel = context.WithCancel(rctx)
+// startRead hands cl to an idle reader goroutine or starts one; called with
+// c.closeMu read-locked and the cache open.
+func (c *Cache) startRead(cl *call) {
+	select {
+	case c.jobs <- cl:
+	default:
+		c.wg.Add(1)
+		go c.reader(cl)
 	}
-	defer cancel()
-	defer context.AfterFunc(c.done, cancel)()
+}
 
+// reader runs cl's read, then waits up to readerIdle for another (when fewer
+// than maxIdleReaders already wait) until Close.
+func (c *Cache) reader(cl *call) {
+	defer c.wg.Done()
+	var idle *time.Timer
+	for {
+		c.fetch(cl)
+		if c.idle.Add(1) > maxIdleReaders {
+			c.idle.Add(-1)
+			return
+		}
+		if idle == nil {
+			idle = time.NewTimer(readerIdle)
+			defer idle.Stop()
+		} else {
+			idle.Reset(readerIdle)
+		}
+		select {
+		case cl = <-c.jobs:
+			c.idle.Add(-1)
+		case <-idle.C:
+			c.idle.Add(-1)
+			return
+		case <-c.done.Done():
+			c.idle.Add(-1)
+			return
+		}
+	}
+}
+
+// fetch reads cl's digest from the store for every waiter of cl and records
+// the result. The read keeps the starting caller's deadline (bounded by the
+// read timeout) and values but not its cancellation (other callers wait for it
+// too); Close cancels it.
+func (c *Cache) fetch(cl *call) {
+	s, d := cl.s, cl.d
+	var (
+		rctx   context.Context = &cl.ctx
+		cancel context.CancelFunc
+	)
+	if !cl.deadline.IsZero() {
+		rctx, cancel = context.WithDeadline(rctx, cl.deadline)
+	}
 	key, err := c.store.Lookup(rctx, d)
+	if cancel != nil {
+		cancel()
+	}
 	c.reads.Add(1)
 
 	now := c.clock()

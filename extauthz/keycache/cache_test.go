@@ -677,3 +677,120 @@ func TestClose(t *testing.T) {
 	}
 	wantKey(t, c, a, "key_a") // hits still answer
 }
+
+func TestReadTimeoutBoundsRead(t *testing.T) {
+	s := newStore()
+	a := digest(1)
+	o := testOpts
+	o.ReadTimeout = 20 * time.Millisecond
+	c, _ := testCache(t, s, o)
+	_, _ = s.slow() // never opened: only the read timeout ends the read
+
+	start := time.Now()
+	_, err := c.Lookup(context.Background(), a) // no deadline of its own
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lookup error = %v, want DeadlineExceeded from the read timeout", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Lookup took %v with a 20ms read timeout", d)
+	}
+	// A caller deadline shorter than the read timeout still wins.
+	_, _ = s.slow()
+	o.ReadTimeout = time.Hour
+	c2, _ := testCache(t, s, o)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := c2.Lookup(ctx, a); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lookup error = %v, want DeadlineExceeded", err)
+	}
+	eventually(t, "the read to end", func() bool { return c2.Stats().StoreReads == 1 })
+}
+
+type ctxKey struct{}
+
+// valueStore records the value the read's context carries under ctxKey.
+type valueStore struct{ got chan any }
+
+func (s valueStore) Lookup(ctx context.Context, _ apikey.Digest) (apikey.Key, error) {
+	s.got <- ctx.Value(ctxKey{})
+	return apikey.Key{ID: "key_a"}, nil
+}
+
+func TestReadKeepsCallerValues(t *testing.T) {
+	s := valueStore{got: make(chan any, 1)}
+	c, _ := testCache(t, s, testOpts)
+	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), ctxKey{}, "trace-1"), 5*time.Second)
+	defer cancel()
+	if _, err := c.Lookup(ctx, digest(1)); err != nil {
+		t.Fatal(err)
+	}
+	if v := <-s.got; v != "trace-1" {
+		t.Fatalf("store read saw value %v, want the caller's", v)
+	}
+}
+
+// Readers that finished wait for the next miss, at most maxIdleReaders of them;
+// the rest exit.
+func TestIdleReadersBounded(t *testing.T) {
+	s := newStore()
+	c, _ := testCache(t, s, testOpts)
+	gate, entered := s.slow()
+	const n = 3 * maxIdleReaders
+	var wg sync.WaitGroup
+	for i := range n {
+		s.put(digest(i), fmt.Sprintf("key_%d", i))
+		wg.Go(func() { _, _ = lookup(c, digest(i)) })
+	}
+	for range n {
+		<-entered // n reads in flight at once: n readers
+	}
+	close(gate)
+	wg.Wait()
+	eventually(t, "readers to settle", func() bool { return c.idle.Load() == maxIdleReaders })
+	// An idle reader takes the next miss: it is not counted idle while reading.
+	s.fast()
+	wantNotFound(t, c, digest(n+1))
+	if got := c.idle.Load(); got > maxIdleReaders {
+		t.Fatalf("%d idle readers, want at most %d", got, maxIdleReaders)
+	}
+}
+
+// Hits, misses, evictions and Evict calls at once on a cache much smaller than
+// the key set: every answer is the key asked for (run with -race).
+func TestConcurrentChurn(t *testing.T) {
+	s := newStore()
+	const keys = 300
+	for i := range keys {
+		s.put(digest(i), fmt.Sprintf("key_%d", i))
+	}
+	c, _ := testCache(t, s, Options{Size: 32, TTL: time.Minute, NegativeSize: 32, NegativeTTL: time.Second, MaxStaleness: time.Minute})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for n := range 3000 {
+				i := (n*7 + g*13) % (keys + 20) // the last 20 are unknown
+				if n%50 == 0 {
+					c.Evict(digest(i).Sum)
+				}
+				k, err := lookup(c, digest(i))
+				switch {
+				case i >= keys && !errors.Is(err, apikey.ErrNotFound):
+					errs <- fmt.Errorf("unknown digest %d: %q, %v", i, k.ID, err)
+					return
+				case i < keys && (err != nil || k.ID != fmt.Sprintf("key_%d", i)):
+					errs <- fmt.Errorf("digest %d: %q, %v", i, k.ID, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := c.Len(); n > 32 {
+		t.Fatalf("Len %d over the size", n)
+	}
+}

@@ -3,7 +3,8 @@
 // opens every transaction with BEGIN IMMEDIATE, so the workspace limit and name
 // checks are atomic with the insert, also against other processes (the CLI)
 // writing the same file; reads use a small separate pool and do not block on
-// writers. Only digests are stored, never a secret.
+// writers, and the key cache's misses read through CheckReader's connections
+// of their own. Only digests are stored, never a secret.
 package sqlite
 
 import (
@@ -38,6 +39,10 @@ type Store struct {
 	lookup *sql.Stmt
 	log    *zap.Logger
 
+	checks  chan *checkConn // CheckReader's connections, when idle
+	nchecks int             // how many were opened
+	closed  chan struct{}   // closed by Close
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -59,7 +64,7 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxIdleTime(0)
 	w.SetConnMaxLifetime(0)
-	s := &Store{w: w, log: log.Named("sqlite")}
+	s := &Store{w: w, log: log.Named("sqlite"), checks: make(chan *checkConn, checkConns), closed: make(chan struct{})}
 	if err := s.Migrate(ctx); err != nil {
 		_ = w.Close()
 		return nil, fmt.Errorf("sqlite %s: %w", path, err)
@@ -77,6 +82,15 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 	if s.lookup, err = r.PrepareContext(ctx, lookupSQL); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("sqlite %s: prepare lookup: %w", path, err)
+	}
+	for range checkConns {
+		c, err := openCheckConn(ctx, r.Driver(), dsn(path, false))
+		if err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("sqlite %s: open check reader: %w", path, err)
+		}
+		s.checks <- c
+		s.nchecks++
 	}
 	s.log.Debug("opened sqlite store", zap.String("path", path))
 	return s, nil
@@ -96,10 +110,15 @@ func dsn(path string, write bool) string {
 	return path + "?" + q.Encode()
 }
 
-// Close closes both connection pools; it is safe to call more than once.
+// Close closes the connections, waiting for CheckReader reads in flight; it is
+// safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		close(s.closed)
 		var errs []error
+		for range s.nchecks {
+			errs = append(errs, (<-s.checks).close())
+		}
 		if s.lookup != nil {
 			errs = append(errs, s.lookup.Close())
 		}

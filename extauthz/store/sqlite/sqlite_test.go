@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/keycache"
 	"github.com/keyauthz/keyauthz/extauthz/store/storetest"
 )
 
@@ -176,6 +177,17 @@ func BenchmarkLookup(b *testing.B) {
 			i++
 		}
 	})
+	b.Run("check", func(b *testing.B) {
+		r := s.CheckReader()
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := r.Lookup(ctx, ds[i%n]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
 	b.Run("miss", func(b *testing.B) {
 		b.ReportAllocs()
 		d := storetest.NewDigest(b, 1)
@@ -198,4 +210,39 @@ func BenchmarkLookup(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkCacheMiss is scenario (b)'s store side: the key cache in front of
+// this store, every Lookup a miss (the entry is evicted first), the caller's
+// context carrying a deadline as a gRPC call's does.
+func BenchmarkCacheMiss(b *testing.B) {
+	s := open(b, filepath.Join(b.TempDir(), "keys.db"))
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	const n = 1000
+	ds := make([]apikey.Digest, n)
+	for i := range n {
+		nk := storetest.NewKey(b, "ws"+string(rune('a'+i%20)), "k"+string(rune(i)))
+		nk.Key.RateLimit = apikey.Rate{N: 600, Per: time.Minute}
+		if _, err := s.Create(ctx, nk); err != nil {
+			b.Fatal(err)
+		}
+		ds[i] = nk.Digest
+	}
+	c, err := keycache.New(s.CheckReader(), keycache.Options{Size: 100_000, TTL: 5 * time.Minute, NegativeSize: 100_000, NegativeTTL: 30 * time.Second}, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		d := ds[i%n]
+		c.Evict(d.Sum)
+		if _, err := c.Lookup(ctx, d); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
 }

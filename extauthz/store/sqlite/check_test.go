@@ -1,0 +1,153 @@
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/store/storetest"
+)
+
+// checkPart is what CheckReader promises of a Key.
+func checkPart(k apikey.Key) apikey.Key {
+	return apikey.Key{ID: k.ID, Workspace: k.Workspace, ExpiresAt: k.ExpiresAt, NotBefore: k.NotBefore,
+		RevokedAt: k.RevokedAt, RateLimit: k.RateLimit, Grants: k.Grants, PepperVersion: k.PepperVersion}
+}
+
+func sameCheckPart(t *testing.T, what string, got, want apikey.Key) {
+	t.Helper()
+	g, w := checkPart(got), checkPart(want)
+	if g.ID != w.ID || g.Workspace != w.Workspace || !g.ExpiresAt.Equal(w.ExpiresAt) || !g.NotBefore.Equal(w.NotBefore) ||
+		!g.RevokedAt.Equal(w.RevokedAt) || g.RateLimit != w.RateLimit || !slices.Equal(g.Grants, w.Grants) ||
+		g.PepperVersion != w.PepperVersion {
+		t.Errorf("%s: CheckReader = %+v, want %+v", what, g, w)
+	}
+	if !g.ExpiresAt.IsZero() && g.ExpiresAt.Location() != time.UTC {
+		t.Errorf("%s: ExpiresAt %v not UTC", what, g.ExpiresAt)
+	}
+}
+
+// CheckReader answers what Lookup answers for every field the Check path reads:
+// plain, fully populated, revoked and grace-period keys, unknown digests.
+func TestCheckReaderAgreesWithLookup(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "keys.db"))
+	defer s.Close()
+	ctx := context.Background()
+	create := func(name string, edit func(k *apikey.Key)) apikey.NewKey {
+		nk := storetest.NewKey(t, "acme", name)
+		edit(&nk.Key)
+		if _, err := s.Create(ctx, nk); err != nil {
+			t.Fatalf("Create(%s): %v", name, err)
+		}
+		return nk
+	}
+	now := time.Now()
+	plain := create("plain", func(*apikey.Key) {})
+	full := create("full", func(k *apikey.Key) {
+		k.ExpiresAt, k.NotBefore = now.Add(48*time.Hour), now.Add(-time.Hour)
+		k.RateLimit = apikey.Rate{N: 100, Per: 30 * time.Second}
+		k.Grants = []string{"org-b", "org-a"}
+		k.Metadata = map[string]string{"team": "x"}
+	})
+	revoked := create("revoked", func(*apikey.Key) {})
+	if err := s.Delete(ctx, revoked.Key.ID, "tester"); err != nil {
+		t.Fatal(err)
+	}
+	// Grace digests: the old digest's expiry is the grace end, or the key's own
+	// expiry when that comes first.
+	graceNear := create("grace-near", func(k *apikey.Key) { k.ExpiresAt = now.Add(30 * 24 * time.Hour) })
+	graceFar := create("grace-far", func(k *apikey.Key) { k.ExpiresAt = now.Add(time.Minute) })
+	for _, nk := range []apikey.NewKey{graceNear, graceFar} {
+		if _, err := s.Refresh(ctx, nk.Key.ID, storetest.NewDigest(t, 2), "kz_new", time.Hour, "tester"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	r := s.CheckReader()
+	for _, nk := range []apikey.NewKey{plain, full, revoked, graceNear, graceFar} {
+		want, err := s.Lookup(ctx, nk.Digest)
+		if err != nil {
+			t.Fatalf("Lookup(%s): %v", nk.Key.Name, err)
+		}
+		got, err := r.Lookup(ctx, nk.Digest)
+		if err != nil {
+			t.Fatalf("CheckReader Lookup(%s): %v", nk.Key.Name, err)
+		}
+		sameCheckPart(t, nk.Key.Name, got, want)
+	}
+	got, _ := r.Lookup(ctx, graceNear.Digest)
+	if d := time.Until(got.ExpiresAt); d <= 0 || d > time.Hour {
+		t.Errorf("grace digest expires in %v, want the grace end (within the hour)", d)
+	}
+	if got, _ := r.Lookup(ctx, revoked.Digest); got.RevokedAt.IsZero() {
+		t.Error("revoked key read without RevokedAt")
+	}
+	if _, err := r.Lookup(ctx, storetest.NewDigest(t, 1)); !errors.Is(err, apikey.ErrNotFound) {
+		t.Errorf("unknown digest: %v, want ErrNotFound", err)
+	}
+	d := plain.Digest
+	d.Version++
+	if _, err := r.Lookup(ctx, d); !errors.Is(err, apikey.ErrNotFound) {
+		t.Errorf("right sum, wrong version: %v, want ErrNotFound", err)
+	}
+}
+
+// More concurrent reads than connections wait their turn; a canceled wait
+// returns; after Close reads fail instead of hanging.
+func TestCheckReaderConcurrencyAndClose(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "keys.db"))
+	defer s.Close() // also on failure; closing twice is fine
+	ctx := context.Background()
+	nk := storetest.NewKey(t, "acme", "k")
+	if _, err := s.Create(ctx, nk); err != nil {
+		t.Fatal(err)
+	}
+	r := s.CheckReader()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*checkConns)
+	for range 8 * checkConns {
+		wg.Go(func() {
+			for range 20 {
+				k, err := r.Lookup(ctx, nk.Digest)
+				if err == nil && k.ID != nk.Key.ID {
+					err = errors.New("wrong key " + k.ID)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	// Every connection busy: a caller whose context ends stops waiting.
+	var held []*checkConn
+	for range checkConns {
+		held = append(held, <-s.checks)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := r.Lookup(cctx, nk.Digest); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("lookup with every connection busy: %v, want DeadlineExceeded", err)
+	}
+	for _, c := range held {
+		s.checks <- c
+	}
+
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Lookup(ctx, nk.Digest); err == nil || errors.Is(err, apikey.ErrNotFound) {
+		t.Errorf("lookup after Close: %v, want an error", err)
+	}
+}
