@@ -22,7 +22,8 @@ type Keys interface {
 	Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error)
 }
 
-// Limiter decides one request against a key's rate.
+// Limiter decides one request against a key's rate. It may keep key (the
+// cached key id, which is never reused for another value).
 type Limiter interface {
 	Allow(ctx context.Context, key string, r apikey.Rate) (ratelimit.Decision, error)
 }

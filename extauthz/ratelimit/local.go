@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"hash/maphash"
-	"strings"
 	"sync"
 	"time"
 
@@ -45,12 +44,10 @@ type Local struct {
 
 type shard struct {
 	mu  sync.Mutex
-	m   map[string]*entry
+	m   map[string]int64 // key → TAT (nanoseconds on the limiter's clock)
 	max int
 	_   [40]byte // keep neighbouring shards' locks off one cache line
 }
-
-type entry struct{ tat int64 }
 
 // LocalOption configures a Local limiter.
 type LocalOption func(*localConfig)
@@ -96,7 +93,7 @@ func NewLocal(maxKeys int, opts ...LocalOption) (*Local, error) {
 		l.base = l.now()
 	}
 	for i := range l.shards {
-		l.shards[i].m = make(map[string]*entry)
+		l.shards[i].m = make(map[string]int64)
 		l.shards[i].max = maxKeys / n
 	}
 	if cfg.sweep > 0 {
@@ -120,15 +117,11 @@ func (l *Local) Allow(_ context.Context, key string, r apikey.Rate) (Decision, e
 	now := l.nanos()
 	s := &l.shards[maphash.String(l.seed, key)&l.mask]
 	s.mu.Lock()
-	e := s.m[key]
-	var tat int64
-	if e != nil {
-		tat = e.tat
-	}
+	tat, ok := s.m[key]
 	next, d := gcra(now, tat, iv, tau, r, time.Nanosecond)
 	if d.Allowed {
-		if e != nil {
-			e.tat = next
+		if ok {
+			s.m[key] = next
 		} else {
 			s.insert(key, next, now)
 		}
@@ -167,8 +160,9 @@ func (l *Local) nanos() int64 {
 	return int64(l.now().Sub(l.base))
 }
 
-// insert adds a new key, making room first when the shard is full. The key
-// is cloned so the map never pins the caller's (request) buffer.
+// insert adds a new key, making room first when the shard is full. The map
+// keeps key itself (the Check path passes the cached key id, which outlives
+// the request), so a limited key costs no copy of its id.
 func (s *shard) insert(key string, tat, now int64) {
 	if len(s.m) >= s.max {
 		s.sweep(now)
@@ -176,20 +170,20 @@ func (s *shard) insert(key string, tat, now int64) {
 	if len(s.m) >= s.max {
 		var oldest string
 		low, first := int64(0), true
-		for k, e := range s.m {
-			if first || e.tat < low {
-				oldest, low, first = k, e.tat, false
+		for k, t := range s.m {
+			if first || t < low {
+				oldest, low, first = k, t, false
 			}
 		}
 		delete(s.m, oldest)
 	}
-	s.m[strings.Clone(key)] = &entry{tat: tat}
+	s.m[key] = tat
 }
 
 // sweep drops the entries whose TAT has passed; the caller holds s.mu.
 func (s *shard) sweep(now int64) {
-	for k, e := range s.m {
-		if e.tat <= now {
+	for k, t := range s.m {
+		if t <= now {
 			delete(s.m, k)
 		}
 	}

@@ -215,7 +215,7 @@ func TestLocalMemoryBound(t *testing.T) {
 }
 
 func TestShardEvictsPassedThenOldest(t *testing.T) {
-	s := &shard{m: map[string]*entry{}, max: 3}
+	s := &shard{m: map[string]int64{}, max: 3}
 	s.insert("a", 30, 0)
 	s.insert("b", 10, 0)
 	s.insert("c", 20, 0)
@@ -224,12 +224,12 @@ func TestShardEvictsPassedThenOldest(t *testing.T) {
 		t.Fatalf("after inserting into a full shard: %v, want b evicted", keys(s.m))
 	}
 	s.insert("e", 50, 30) // a (30) and c (20) have passed: both go, d stays
-	if len(s.m) != 2 || s.m["d"] == nil || s.m["e"] == nil {
+	if len(s.m) != 2 || s.m["d"] != 40 || s.m["e"] != 50 {
 		t.Fatalf("after a sweep at 30: %v, want [d e]", keys(s.m))
 	}
 }
 
-func keys(m map[string]*entry) []string {
+func keys(m map[string]int64) []string {
 	var out []string
 	for k := range m {
 		out = append(out, k)
