@@ -76,7 +76,7 @@ type entry struct {
 type compact struct {
 	id, workspace            string
 	grants                   *[]string // nil without grants (most keys): 8 bytes instead of 24
-	expires, notBefore, revd int64 // Unix ns; 0 = unset
+	expires, notBefore, revd int64     // Unix ns; 0 = unset
 	rate                     apikey.Rate
 	version                  int
 }
