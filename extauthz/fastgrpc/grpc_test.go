@@ -207,30 +207,14 @@ func TestGRPCFastPath(t *testing.T) {
 
 	t.Run("concurrent calls", func(t *testing.T) {
 		reqs := protoCases(fx)
-		var wg sync.WaitGroup
-		errs := make(chan error, 8)
-		for w := 0; w < 8; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; i < 50; i++ {
-					tc := reqs[(w+i)%len(reqs)]
-					got, err := client.Check(ctx, tc.req)
-					if err == nil && httpCode(got) != tc.code {
-						err = errors.New(tc.name + ": wrong answer")
-					}
-					if err != nil {
-						errs <- err
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
+		parallel(t, 8, 50, func(w, i int) error {
+			tc := reqs[(w+i)%len(reqs)]
+			got, err := client.Check(ctx, tc.req)
+			if err == nil && httpCode(got) != tc.code {
+				err = errors.New(tc.name + ": wrong answer")
+			}
+			return err
+		})
 	})
 }
 
@@ -436,19 +420,28 @@ func TestPooledAnswers(t *testing.T) {
 	}
 
 	client := serve(t, fx, true, ServerOption())
+	parallel(t, 8, 200, func(w, i int) error {
+		c := cases[(w*7+i)%len(cases)]
+		got, err := client.Check(ctx, c.req)
+		if err == nil && !proto.Equal(got, c.want) {
+			err = fmt.Errorf("call %d: got %v\nwant %v", i, got, c.want)
+		}
+		return err
+	})
+}
+
+// parallel runs call(w, i) for i < n on each of workers goroutines (w is the
+// worker's number); a worker stops at its first error, and t fails with them.
+func parallel(t *testing.T, workers, n int, call func(w, i int) error) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for w := range 8 {
+	errs := make(chan error, workers)
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range 200 {
-				c := cases[(w*7+i)%len(cases)]
-				got, err := client.Check(ctx, c.req)
-				if err == nil && !proto.Equal(got, c.want) {
-					err = fmt.Errorf("call %d: got %v\nwant %v", i, got, c.want)
-				}
-				if err != nil {
+			for i := range n {
+				if err := call(w, i); err != nil {
 					errs <- err
 					return
 				}
