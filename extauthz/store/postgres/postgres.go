@@ -26,7 +26,6 @@ package postgres
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/keyauthz/keyauthz/extauthz/store/internal/row"
@@ -352,7 +351,7 @@ const lookupSQL = `SELECT ` + keyCols + `, d.expires_at
 	WHERE d.digest = $1 AND d.pepper_version = $2`
 
 // scanKey reads keyCols (plus extra destinations) from one row.
-func scanKey(row pgx.Row, extra ...any) (apikey.Key, error) {
+func scanKey(sc pgx.Row, extra ...any) (apikey.Key, error) {
 	var (
 		k                                   apikey.Key
 		created                             int64
@@ -361,7 +360,7 @@ func scanKey(row pgx.Row, extra ...any) (apikey.Key, error) {
 	)
 	dest := append([]any{&k.ID, &k.Workspace, &k.Name, &k.Display, &created, &expires, &notBefore,
 		&revoked, &rate, &grants, &meta, &usedAt}, extra...)
-	if err := row.Scan(dest...); err != nil {
+	if err := sc.Scan(dest...); err != nil {
 		return apikey.Key{}, err
 	}
 	k.CreatedAt = time.UnixMicro(created).UTC()
@@ -369,22 +368,8 @@ func scanKey(row pgx.Row, extra ...any) (apikey.Key, error) {
 	k.NotBefore = fromMicros(notBefore)
 	k.RevokedAt = fromMicros(revoked)
 	k.LastUsedAt = fromMicros(usedAt)
-	if rate != "" {
-		r, err := apikey.ParseRate(rate)
-		if err != nil {
-			return apikey.Key{}, fmt.Errorf("key %s: %w", k.ID, err)
-		}
-		k.RateLimit = r
-	}
-	if grants != "" {
-		if err := json.Unmarshal([]byte(grants), &k.Grants); err != nil {
-			return apikey.Key{}, fmt.Errorf("key %s: grants: %w", k.ID, err)
-		}
-	}
-	if meta != "" {
-		if err := json.Unmarshal([]byte(meta), &k.Metadata); err != nil {
-			return apikey.Key{}, fmt.Errorf("key %s: metadata: %w", k.ID, err)
-		}
+	if err := row.Decode(&k, rate, grants, meta); err != nil {
+		return apikey.Key{}, err
 	}
 	return k, nil
 }
@@ -414,9 +399,7 @@ func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error)
 	if err != nil {
 		return apikey.Key{}, fmt.Errorf("postgres lookup: %w", err)
 	}
-	if g := fromMicros(grace); !g.IsZero() && (k.ExpiresAt.IsZero() || g.Before(k.ExpiresAt)) {
-		k.ExpiresAt = g
-	}
+	k.ExpiresAt = row.GraceExpiry(k.ExpiresAt, fromMicros(grace))
 	k.PepperVersion = d.Version
 	return k, nil
 }

@@ -2,24 +2,24 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/store/internal/row"
 )
 
 // checkConns is the number of connections kept for CheckReader's reads.
 const checkConns = 4
 
 // checkSQL selects what the Check path keeps of the key a digest belongs to, in
-// checkRow's order; a grace digest's end is folded into the expiry here.
+// checkRow's order, and the digest's grace end.
 const checkSQL = `SELECT k.id, k.workspace, k.rate_limit, k.grants, k.not_before, k.revoked_at,
-	CASE WHEN d.expires_at IS NULL OR (k.expires_at IS NOT NULL AND k.expires_at <= d.expires_at)
-		THEN k.expires_at ELSE d.expires_at END AS expires_at
+	k.expires_at, d.expires_at
 	FROM digests d JOIN keys k ON k.id = d.key_id
 	WHERE d.digest = ? AND d.pepper_version = ?`
 
@@ -32,6 +32,7 @@ const (
 	colNotBefore
 	colRevoked
 	colExpires
+	colGrace
 	checkCols
 )
 
@@ -124,38 +125,33 @@ func (c *checkConn) lookup(ctx context.Context, d apikey.Digest) (k apikey.Key, 
 	if err != nil {
 		return apikey.Key{}, err
 	}
-	row := c.row[:]
+	vals := c.row[:]
 	defer func() {
-		clear(row) // drop the strings: c outlives the read
+		clear(vals) // drop the strings: c outlives the read
 		if cerr := rows.Close(); err == nil && cerr != nil {
 			k, err = apikey.Key{}, cerr
 		}
 	}()
-	switch err := rows.Next(row); {
+	switch err := rows.Next(vals); {
 	case errors.Is(err, io.EOF):
 		return apikey.Key{}, apikey.ErrNotFound
 	case err != nil:
 		return apikey.Key{}, err
 	}
 	var ok1, ok2 bool
-	k.ID, ok1 = row[colID].(string)
-	k.Workspace, ok2 = row[colWorkspace].(string)
+	k.ID, ok1 = vals[colID].(string)
+	k.Workspace, ok2 = vals[colWorkspace].(string)
 	if !ok1 || !ok2 {
-		return apikey.Key{}, fmt.Errorf("id or workspace of type %T, %T: want text", row[colID], row[colWorkspace])
+		return apikey.Key{}, fmt.Errorf("id or workspace of type %T, %T: want text", vals[colID], vals[colWorkspace])
 	}
-	k.NotBefore = microsValue(row[colNotBefore])
-	k.RevokedAt = microsValue(row[colRevoked])
-	k.ExpiresAt = microsValue(row[colExpires])
+	k.NotBefore = microsValue(vals[colNotBefore])
+	k.RevokedAt = microsValue(vals[colRevoked])
+	k.ExpiresAt = row.GraceExpiry(microsValue(vals[colExpires]), microsValue(vals[colGrace]))
 	k.PepperVersion = d.Version
-	if rate, _ := row[colRate].(string); rate != "" {
-		if k.RateLimit, err = apikey.ParseRate(rate); err != nil {
-			return apikey.Key{}, fmt.Errorf("key %s: %w", k.ID, err)
-		}
-	}
-	if grants, _ := row[colGrants].(string); grants != "" {
-		if err := json.Unmarshal([]byte(grants), &k.Grants); err != nil {
-			return apikey.Key{}, fmt.Errorf("key %s: grants: %w", k.ID, err)
-		}
+	rate, _ := vals[colRate].(string)
+	grants, _ := vals[colGrants].(string)
+	if err := row.Decode(&k, rate, grants, ""); err != nil {
+		return apikey.Key{}, err
 	}
 	return k, nil
 }
@@ -163,8 +159,5 @@ func (c *checkConn) lookup(ctx context.Context, d apikey.Digest) (k apikey.Key, 
 // microsValue maps a time column's value to a time: zero for NULL, Unix microseconds otherwise.
 func microsValue(v driver.Value) time.Time {
 	us, ok := v.(int64)
-	if !ok {
-		return time.Time{}
-	}
-	return time.UnixMicro(us).UTC()
+	return fromMicros(sql.NullInt64{Int64: us, Valid: ok})
 }

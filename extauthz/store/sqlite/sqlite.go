@@ -10,7 +10,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/keyauthz/keyauthz/extauthz/store/internal/row"
@@ -184,7 +183,7 @@ const lookupSQL = `SELECT ` + keyCols + `, d.expires_at
 type scanner interface{ Scan(dest ...any) error }
 
 // scanKey reads keyCols (plus extra destinations) from one row.
-func scanKey(row scanner, extra ...any) (apikey.Key, error) {
+func scanKey(sc scanner, extra ...any) (apikey.Key, error) {
 	var (
 		k                                   apikey.Key
 		created                             int64
@@ -193,7 +192,7 @@ func scanKey(row scanner, extra ...any) (apikey.Key, error) {
 	)
 	dest := append([]any{&k.ID, &k.Workspace, &k.Name, &k.Display, &created, &expires, &notBefore,
 		&revoked, &rate, &grants, &meta, &usedAt}, extra...)
-	if err := row.Scan(dest...); err != nil {
+	if err := sc.Scan(dest...); err != nil {
 		return apikey.Key{}, err
 	}
 	k.CreatedAt = time.UnixMicro(created).UTC()
@@ -201,22 +200,8 @@ func scanKey(row scanner, extra ...any) (apikey.Key, error) {
 	k.NotBefore = fromMicros(notBefore)
 	k.RevokedAt = fromMicros(revoked)
 	k.LastUsedAt = fromMicros(usedAt)
-	if rate != "" {
-		r, err := apikey.ParseRate(rate)
-		if err != nil {
-			return apikey.Key{}, fmt.Errorf("key %s: %w", k.ID, err)
-		}
-		k.RateLimit = r
-	}
-	if grants != "" {
-		if err := json.Unmarshal([]byte(grants), &k.Grants); err != nil {
-			return apikey.Key{}, fmt.Errorf("key %s: grants: %w", k.ID, err)
-		}
-	}
-	if meta != "" {
-		if err := json.Unmarshal([]byte(meta), &k.Metadata); err != nil {
-			return apikey.Key{}, fmt.Errorf("key %s: metadata: %w", k.ID, err)
-		}
+	if err := row.Decode(&k, rate, grants, meta); err != nil {
+		return apikey.Key{}, err
 	}
 	return k, nil
 }
@@ -235,9 +220,7 @@ func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error)
 	if err != nil {
 		return apikey.Key{}, fmt.Errorf("sqlite lookup: %w", err)
 	}
-	if g := fromMicros(grace); !g.IsZero() && (k.ExpiresAt.IsZero() || g.Before(k.ExpiresAt)) {
-		k.ExpiresAt = g
-	}
+	k.ExpiresAt = row.GraceExpiry(k.ExpiresAt, fromMicros(grace))
 	k.PepperVersion = d.Version
 	return k, nil
 }

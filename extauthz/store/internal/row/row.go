@@ -87,3 +87,34 @@ func NewKey(k apikey.Key) (_ apikey.Key, at time.Time, grants, meta string, err 
 	}
 	return k, at, grants, meta, nil
 }
+
+// Decode reads the rate, grants and metadata columns ("" when unset) into k.
+func Decode(k *apikey.Key, rate, grants, meta string) error {
+	if rate != "" {
+		r, err := apikey.ParseRate(rate)
+		if err != nil {
+			return fmt.Errorf("key %s: %w", k.ID, err)
+		}
+		k.RateLimit = r
+	}
+	if grants != "" {
+		if err := json.Unmarshal([]byte(grants), &k.Grants); err != nil {
+			return fmt.Errorf("key %s: grants: %w", k.ID, err)
+		}
+	}
+	if meta != "" {
+		if err := json.Unmarshal([]byte(meta), &k.Metadata); err != nil {
+			return fmt.Errorf("key %s: metadata: %w", k.ID, err)
+		}
+	}
+	return nil
+}
+
+// GraceExpiry is the expiry of a key matched through a digest whose grace
+// period ends at grace (zero: not a grace digest): the earlier of the two.
+func GraceExpiry(expires, grace time.Time) time.Time {
+	if !grace.IsZero() && (expires.IsZero() || grace.Before(expires)) {
+		return grace
+	}
+	return expires
+}
