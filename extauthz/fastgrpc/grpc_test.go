@@ -12,6 +12,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -431,26 +432,21 @@ func TestPooledAnswers(t *testing.T) {
 }
 
 // parallel runs call(w, i) for i < n on each of workers goroutines (w is the
-// worker's number); a worker stops at its first error, and t fails with them.
+// worker's number); a worker stops at its first error, and t fails with one.
 func parallel(t *testing.T, workers, n int, call func(w, i int) error) {
 	t.Helper()
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
+	var g errgroup.Group
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			for i := range n {
 				if err := call(w, i); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
 }

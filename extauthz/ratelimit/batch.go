@@ -89,7 +89,7 @@ func (c *call) parse(cmd *redis.Cmd) error {
 		return err
 	}
 	if len(vals) != len(c.res) {
-		return errReply(len(vals))
+		return fmt.Errorf("unexpected script reply of %d values", len(vals))
 	}
 	for i, v := range vals {
 		n, ok := v.(int64)

@@ -285,10 +285,6 @@ func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([3]int64, 
 	return res, err
 }
 
-func errReply(n int) error {
-	return fmt.Errorf("unexpected script reply of %d values", n)
-}
-
 // fail answers by the on-error policy; the first failure of an outage is logged.
 func (r *Redis) fail(ctx context.Context, rate apikey.Rate, iv int64, err error) (Decision, error) {
 	if ctx.Err() == nil && !r.down.Load() && r.down.CompareAndSwap(false, true) {

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/store/storetest"
@@ -108,25 +109,22 @@ func TestCheckReaderConcurrencyAndClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := s.CheckReader()
-	var wg sync.WaitGroup
-	errs := make(chan error, 8*checkConns)
+	var g errgroup.Group
 	for range 8 * checkConns {
-		wg.Go(func() {
+		g.Go(func() error {
 			for range 20 {
 				k, err := r.Lookup(ctx, nk.Digest)
 				if err == nil && k.ID != nk.Key.ID {
 					err = errors.New("wrong key " + k.ID)
 				}
 				if err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
+			return nil
 		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
 
