@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
@@ -764,10 +765,9 @@ func TestConcurrentChurn(t *testing.T) {
 		s.put(digest(i), fmt.Sprintf("key_%d", i))
 	}
 	c, _ := testCache(t, s, Options{Size: 32, TTL: time.Minute, NegativeSize: 32, NegativeTTL: time.Second, MaxStaleness: time.Minute})
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
+	var eg errgroup.Group
 	for g := range 8 {
-		wg.Go(func() {
+		eg.Go(func() error {
 			for n := range 3000 {
 				i := (n*7 + g*13) % (keys + 20) // the last 20 are unknown
 				if n%50 == 0 {
@@ -776,18 +776,15 @@ func TestConcurrentChurn(t *testing.T) {
 				k, err := lookup(c, digest(i))
 				switch {
 				case i >= keys && !errors.Is(err, apikey.ErrNotFound):
-					errs <- fmt.Errorf("unknown digest %d: %q, %v", i, k.ID, err)
-					return
+					return fmt.Errorf("unknown digest %d: %q, %v", i, k.ID, err)
 				case i < keys && (err != nil || k.ID != fmt.Sprintf("key_%d", i)):
-					errs <- fmt.Errorf("digest %d: %q, %v", i, k.ID, err)
-					return
+					return fmt.Errorf("digest %d: %q, %v", i, k.ID, err)
 				}
 			}
+			return nil
 		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := eg.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	if n := c.Len(); n > 32 {
