@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 // fakeStore is a counting Lookuper. A read takes its answer when it starts and,
@@ -110,16 +111,15 @@ func testCache(t testing.TB, s apikey.Lookuper, opt Options) (*Cache, fakeClock)
 	return c, fakeClock{c}
 }
 
-// eventually polls cond until it holds or the deadline passes.
+// eventually waits until cond holds: testenv.Eventually with a 5 s bound.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testenv.Eventually(t, 5*time.Second, what, func() error {
+		if !cond() {
+			return errors.New("not yet")
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // lookup is Lookup bounded in time, so that a broken cache fails a test instead of hanging it.

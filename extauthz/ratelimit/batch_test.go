@@ -7,18 +7,19 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
-// eventually polls cond until it holds, failing the test after 10s.
+// eventually waits until cond holds: testenv.Eventually with a 10 s bound.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
+	testenv.Eventually(t, 10*time.Second, what, func() error {
+		if !cond() {
+			return errors.New("not yet")
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // queued returns the number of calls waiting in q (not yet taken into a pipeline).
