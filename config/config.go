@@ -40,12 +40,22 @@ type Config struct {
 
 // GRPC is the ext_authz and health listener.
 type GRPC struct {
-	Listen        string        `yaml:"listen"`        // host:port or unix:///path
-	TLS           TLS           `yaml:"tls"`           // optional TLS / mTLS
-	DrainTimeout  time.Duration `yaml:"drain_timeout"` // GracefulStop deadline
-	MaxStreams    uint32        `yaml:"max_concurrent_streams"`
-	KeepaliveTime time.Duration `yaml:"keepalive_time"` // server pings idle connections
-	Codec         string        `yaml:"codec"`          // fast (wire decoder, default) | standard (grpc-go proto codec)
+	Listen        string        `yaml:"listen"`                 // host:port or unix:///path
+	TLS           TLS           `yaml:"tls"`                    // optional TLS / mTLS
+	DrainTimeout  time.Duration `yaml:"drain_timeout"`          // GracefulStop deadline
+	MaxStreams    uint32        `yaml:"max_concurrent_streams"` // per connection (default 1024); streams beyond are refused
+	KeepaliveTime time.Duration `yaml:"keepalive_time"`         // server pings idle connections
+	Codec         string        `yaml:"codec"`                  // fast (wire decoder, default) | standard (grpc-go proto codec)
+	// RequestTimeout bounds a call that is slow to arrive: a unary call (Check,
+	// health Check) is answered DEADLINE_EXCEEDED when it has not been answered
+	// this long after its headers (a shorter grpc-timeout from the client stays
+	// in force), and a streaming call (health Watch) is cancelled when its
+	// request has not arrived this long after its headers. Default 10s.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// MaxConns caps the open connections of the listener (default 4096; never
+	// more than half the process's open-file limit); further clients wait in
+	// the kernel's accept queue.
+	MaxConns int `yaml:"max_conns"`
 }
 
 // TLS holds certificate files; ClientCA turns on mutual TLS.
@@ -59,6 +69,17 @@ type TLS struct {
 type HTTP struct {
 	Listen string `yaml:"listen"`
 	Pprof  bool   `yaml:"pprof"` // serve /debug/pprof (for profiling; keep off in production)
+	// ReadTimeout bounds reading one request, headers and body, from the end of
+	// the previous one (default 5s); a client that trickles its body is cut.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds a request from the end of its headers to the end of
+	// its answer (default 30s); with pprof on, ask for profiles shorter than it.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// MaxConns caps the open connections of the listener (default 256; never
+	// more than a quarter of the process's open-file limit, so the HTTP port
+	// cannot take the descriptors gRPC needs); further clients wait in the
+	// kernel's accept queue.
+	MaxConns int `yaml:"max_conns"`
 }
 
 // Store selects the key store.
@@ -70,6 +91,9 @@ type Store struct {
 	MaxConns         int32         `yaml:"max_conns"`         // postgres pool size
 	TouchInterval    time.Duration `yaml:"touch_interval"`    // last_used_at flush period
 	StatementTimeout time.Duration `yaml:"statement_timeout"` // postgres statement_timeout
+	// MigrateLockTimeout bounds how long a starting replica waits for the
+	// schema migration lock another replica holds (postgres).
+	MigrateLockTimeout time.Duration `yaml:"migrate_lock_timeout"`
 }
 
 // Pepper names where the HMAC peppers come from; never the pepper itself.
@@ -225,9 +249,10 @@ func ParseByteSize(s string) (int64, error) {
 // Default returns the embedded defaults: loopback listeners and sqlite ./keyauthz.db.
 func Default() Config {
 	return Config{
-		GRPC:  GRPC{Listen: "127.0.0.1:9001", DrainTimeout: 10 * time.Second, KeepaliveTime: time.Minute, Codec: "fast"},
-		HTTP:  HTTP{Listen: "127.0.0.1:9002"},
-		Store: Store{URL: "sqlite://./keyauthz.db", FollowInterval: 500 * time.Millisecond, MaxStaleness: 5 * time.Minute, Timeout: 250 * time.Millisecond, MaxConns: 8, TouchInterval: time.Minute, StatementTimeout: 2 * time.Second},
+		GRPC: GRPC{Listen: "127.0.0.1:9001", DrainTimeout: 10 * time.Second, KeepaliveTime: time.Minute, Codec: "fast",
+			MaxStreams: 1024, RequestTimeout: 10 * time.Second, MaxConns: 4096},
+		HTTP:  HTTP{Listen: "127.0.0.1:9002", ReadTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, MaxConns: 256},
+		Store: Store{URL: "sqlite://./keyauthz.db", FollowInterval: 500 * time.Millisecond, MaxStaleness: 5 * time.Minute, Timeout: 250 * time.Millisecond, MaxConns: 8, TouchInterval: time.Minute, StatementTimeout: 2 * time.Second, MigrateLockTimeout: time.Minute},
 		Keys:  Keys{Prefix: apikey.DefaultPrefix, MaxLength: apikey.DefaultMaxLen, MaxPerWorkspace: 10},
 		Headers: Headers{
 			APIKey:    []string{"x-api-key", "salad-api-key"},
@@ -303,8 +328,10 @@ func (c *Config) Validate() error {
 	if err := checkListen(c.HTTP.Listen, false); err != nil {
 		bad("http.listen", "%v", err)
 	}
-	if u, err := url.Parse(c.Store.URL); err != nil {
-		bad("store.url", "%v", err)
+	c.validateLimits(bad)
+	_, redactable := URLSecrets(c.Store.URL)
+	if u, err := url.Parse(c.Store.URL); err != nil || strings.Contains(c.Store.URL, "://") && !redactable { // err quotes the URL: never show it
+		bad("store.url", "%s is not a valid URL (percent-encode reserved characters such as @ : / ? # in the password)", RedactURL(c.Store.URL))
 	} else {
 		switch u.Scheme {
 		case "sqlite", "postgres", "postgresql", "file":
@@ -316,6 +343,7 @@ func (c *Config) Validate() error {
 		"store.follow_interval": c.Store.FollowInterval, "store.timeout": c.Store.Timeout,
 		"store.touch_interval": c.Store.TouchInterval, "store.max_staleness": c.Store.MaxStaleness,
 		"cache.ttl": c.Cache.TTL, "cache.negative_ttl": c.Cache.NegativeTTL, "ratelimit.timeout": c.RateLimit.Timeout,
+		"store.migrate_lock_timeout": c.Store.MigrateLockTimeout,
 	} {
 		if d <= 0 {
 			bad(path, "must be a positive duration")
@@ -381,11 +409,16 @@ func (c *Config) Validate() error {
 	}
 	oneOf("ratelimit.backend", c.RateLimit.Backend, "local", "redis")
 	oneOf("ratelimit.on_error", c.RateLimit.OnError, "allow", "deny")
-	if c.RateLimit.Default.N <= 0 || c.RateLimit.Default.Per <= 0 {
-		bad("ratelimit.default", "must be a rate such as 240/m")
+	if c.RateLimit.Default.IsZero() {
+		bad("ratelimit.default", "required: a rate such as 240/m")
+	} else if err := c.RateLimit.Default.Check(); err != nil {
+		bad("ratelimit.default", "%v", err)
 	}
 	if c.RateLimit.Backend == "redis" && len(c.RateLimit.Redis.Addrs) == 0 {
 		bad("ratelimit.redis.addrs", "required when ratelimit.backend is redis")
+	}
+	if c.RateLimit.Redis.PasswordFile != "" && c.RateLimit.Redis.PasswordEnv != "" {
+		bad("ratelimit.redis.password_env", "set at most one of ratelimit.redis.password_file and ratelimit.redis.password_env")
 	}
 	for i, t := range c.Ownership.PathTemplates {
 		if err := checkTemplate(t); err != nil {
@@ -393,8 +426,14 @@ func (c *Config) Validate() error {
 		}
 	}
 	for name, w := range c.Workspaces {
+		if !apikey.ValidName(name) {
+			bad("workspaces", "every workspace id %s", apikey.IDRule)
+		}
 		if w.MaxKeys < 0 {
 			bad("workspaces."+name+".max_keys", "must not be negative")
+		}
+		if err := w.RateLimit.Check(); err != nil {
+			bad("workspaces."+name+".rate_limit", "%v", err)
 		}
 	}
 	names := map[string]bool{}

@@ -60,6 +60,7 @@ func TestErrorsNameThePath(t *testing.T) {
 		{"admin: {tokens: [{file: /t}]}", "admin.tokens[0].name"},
 		{"keys: {prefix: 'a b'}", "keys.prefix"},
 		{"workspaces: {acme: {max_keys: -1}}", "workspaces.acme.max_keys"},
+		{"workspaces: {'..': {max_keys: 1}}", "workspaces: every workspace id must be"}, // issue 10 item 12
 		{"cache: {size: 0}", "cache.size"},
 		{"runtime: {gc_percent: 0}", "runtime.gc_percent"},
 		{"runtime: {memory_limit: lots}", "runtime.memory_limit"},

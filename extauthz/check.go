@@ -66,7 +66,11 @@ type Service struct {
 	metrics *Metrics
 	log     *zap.Logger
 	now     func() time.Time
+	evict   func(sums ...[32]byte) // keys' Evict when keys is a cache, else nil
 }
+
+// evicter is a Keys that caches (keycache.Cache).
+type evicter interface{ Evict(sums ...[32]byte) }
 
 var _ authv3.AuthorizationServer = (*Service)(nil)
 
@@ -99,6 +103,9 @@ func New(f *apikey.Format, h *apikey.Hasher, keys Keys, lim Limiter, m *Metrics,
 	if s.now == nil {
 		s.now = time.Now
 	}
+	if ev, ok := keys.(evicter); ok {
+		s.evict = ev.Evict
+	}
 	s.remove = append(s.remove, opt.Headers...)
 	if opt.Bearer {
 		s.remove = append(s.remove, "authorization")
@@ -112,8 +119,10 @@ func New(f *apikey.Format, h *apikey.Hasher, keys Keys, lim Limiter, m *Metrics,
 func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	http := req.GetAttributes().GetRequest().GetHttp()
 	r := Request{Path: http.GetPath(), headers: headerSource{m: http.GetHeaders()}, ext: extSource{m: req.GetAttributes().GetContextExtensions()}}
-	if r.headers.m == nil {
-		r.headers.raw = http.GetHeaderMap()
+	// An empty headers map is no headers map: proto.Unmarshal makes one, empty, for a
+	// headers field of another wire type, which the fast codec skips as unknown.
+	if len(r.headers.m) == 0 {
+		r.headers.m, r.headers.raw = nil, http.GetHeaderMap()
 	}
 	return s.Decide(ctx, &r)
 }
@@ -191,6 +200,10 @@ func (s *Service) DecideInto(ctx context.Context, req *Request, a *Answer) (*aut
 			return nil, status.Error(codes.Unavailable, "rate limiter unavailable")
 		}
 		s.metrics.limiterError()
+		if !d.Allowed { // on_error: deny. An outage, not a limit: 503, never 429.
+			s.metrics.deny(reasonLimiterDown)
+			return s.resp.unavailable, nil
+		}
 	}
 	if !d.Allowed {
 		s.metrics.deny(reasonLimited)
@@ -204,11 +217,21 @@ func (s *Service) DecideInto(ctx context.Context, req *Request, a *Answer) (*aut
 }
 
 // lookup hashes the key under the current pepper, then under older versions.
+//
+// During a pepper rotation a key moves from an older digest to the current one
+// (Rehash, by this replica or another). A negative cache entry for the current
+// digest written before the move would hide the key once the older digest is
+// gone, until that entry expires; the move evicts it on every replica, but a
+// Check can fall between the store write and the eviction. So when the current
+// digest was answered from a negative entry and the store itself has just said
+// it no longer knows an older one, the current digest is read from the store again.
 func (s *Service) lookup(ctx context.Context, key string) (apikey.Key, error) {
-	k, err := s.keys.Lookup(ctx, s.hasher.Sum(key))
+	cur := s.hasher.Sum(key)
+	k, err := s.keys.Lookup(ctx, cur)
 	if !errors.Is(err, apikey.ErrNotFound) {
 		return k, err
 	}
+	curCached, olderGone := err == apikey.ErrNotFoundCached, false
 	for _, v := range s.hasher.Older() {
 		d, herr := s.hasher.SumVersion(key, v)
 		if herr != nil {
@@ -221,6 +244,11 @@ func (s *Service) lookup(ctx context.Context, key string) (apikey.Key, error) {
 		if !errors.Is(err, apikey.ErrNotFound) {
 			return k, err
 		}
+		olderGone = olderGone || err != apikey.ErrNotFoundCached
+	}
+	if curCached && olderGone && s.evict != nil {
+		s.evict(cur.Sum)
+		return s.keys.Lookup(ctx, cur)
 	}
 	return k, err
 }

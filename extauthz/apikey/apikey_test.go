@@ -2,9 +2,14 @@ package apikey
 
 import (
 	"errors"
+	"hash/crc32"
+	"math/big"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+	"unicode"
 )
 
 func TestFormatRoundTrip(t *testing.T) {
@@ -170,21 +175,107 @@ func TestKeyValidAndOwns(t *testing.T) {
 	}
 }
 
+// FuzzFormatCheck checks Format.Check against wantCheck, an independent
+// statement of the key format rules, for issued-only, imported and short formats.
 func FuzzFormatCheck(f *testing.F) {
-	fm, _ := NewFormat("kz", 256, false)
-	k, _ := fm.Generate()
-	f.Add(k)
-	f.Add("kz_")
-	f.Add("")
-	f.Fuzz(func(t *testing.T, s string) {
-		err := fm.Check(s)
-		if err == nil && (!strings.HasPrefix(s, "kz_") || len(s) != 52) {
-			t.Fatalf("accepted %q", s)
+	formats := []struct {
+		prefix   string
+		maxLen   int
+		imported bool
+	}{{"kz", 256, false}, {"kz", 256, true}, {"sk_live", 60, false}}
+	fms := make([]*Format, len(formats))
+	for i, c := range formats {
+		fm, err := NewFormat(c.prefix, c.maxLen, c.imported)
+		if err != nil {
+			f.Fatal(err)
 		}
-		if err != nil && err.Error() != "" && strings.Contains(err.Error(), s) && s != "" {
-			t.Fatal("error message contains the key")
+		fms[i] = fm
+		k, err := fm.Generate()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(k)
+		f.Add(k[:len(k)-1] + "0")                            // checksum off by one character
+		f.Add(k[:len(k)-1])                                  // one byte short
+		f.Add(k + "0")                                       // one byte long
+		f.Add("X" + k[1:])                                   // another prefix, same shape
+		f.Add(k[:len(c.prefix)] + "-" + k[len(c.prefix)+1:]) // '-' in place of '_'
+		// Keys whose checksum is not Generate's: a valid one with '_' in its body
+		// and a small CRC, so that checksum rules are checked independently.
+		for _, body := range []string{"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabc_efg", strings.Repeat("0", bodyLen)} {
+			head := c.prefix + "_" + body
+			f.Add(head + wantSum(head))
+		}
+	}
+	for _, s := range []string{"", "a", "kz_", "kz_a,b", "kz_ a", "kz_\x7f", "kz_\xff", "a!#$%&'()*+-./:;<=>?@[\\]^`{|}~", strings.Repeat("a", 257)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for i, c := range formats {
+			err := fms[i].Check(s)
+			if want := wantCheck(s, c.prefix, c.maxLen, c.imported); err != want {
+				t.Fatalf("format %+v: Check(%q) = %v, want %v", c, s, err, want)
+			}
+			if err != nil && len(s) >= 8 && strings.Contains(err.Error(), s) {
+				t.Fatal("error message contains the key")
+			}
 		}
 	})
+}
+
+var (
+	issuedAlphabet   = regexp.MustCompile(`^[0-9A-Za-z_]+$`)
+	importedAlphabet = regexp.MustCompile(`^[!-+\--~]+$`) // 0x21-0x7e without ','
+	shapesMu         sync.Mutex
+	issuedShapes     = map[string]*regexp.Regexp{} // by prefix, under shapesMu
+)
+
+// wantCheck states the key format rules independently of Format.Check: a key
+// is 1 to maxLen bytes; issued keys are prefix "_" then 43 body and 6 checksum
+// characters from [0-9A-Za-z_], the checksum being the CRC-32 (IEEE) of what
+// precedes it in 6 base-62 digits (0-9, A-Z, a-z); with imported keys allowed,
+// any other key of visible ASCII other than ',' is accepted as is.
+func wantCheck(s, prefix string, maxLen int, imported bool) error {
+	shapesMu.Lock()
+	issuedShape := issuedShapes[prefix]
+	if issuedShape == nil {
+		issuedShape = regexp.MustCompile(`^` + regexp.QuoteMeta(prefix) + `_[0-9A-Za-z_]{49}$`)
+		issuedShapes[prefix] = issuedShape
+	}
+	shapesMu.Unlock()
+	switch {
+	case s == "":
+		return ErrEmpty
+	case len(s) > maxLen:
+		return ErrTooLong
+	case !issuedAlphabet.MatchString(s) && !(imported && importedAlphabet.MatchString(s)):
+		return ErrAlphabet
+	case !issuedShape.MatchString(s):
+		if imported {
+			return nil
+		}
+		return ErrPrefix
+	}
+	if head, sum := s[:len(s)-6], s[len(s)-6:]; sum != wantSum(head) {
+		return ErrChecksum
+	}
+	return nil
+}
+
+// wantSum is an issued key's checksum computed independently of encodeSum.
+func wantSum(head string) string {
+	crc := crc32.Checksum([]byte(head), crc32.MakeTable(crc32.IEEE))
+	// big.Int writes base 62 as 0-9, a-z, A-Z: swapping case gives 0-9, A-Z, a-z.
+	digits := strings.Map(func(r rune) rune {
+		switch {
+		case unicode.IsLower(r):
+			return unicode.ToUpper(r)
+		case unicode.IsUpper(r):
+			return unicode.ToLower(r)
+		}
+		return r
+	}, new(big.Int).SetUint64(uint64(crc)).Text(62))
+	return strings.Repeat("0", 6-len(digits)) + digits
 }
 
 func BenchmarkHasher(b *testing.B) {

@@ -5,6 +5,7 @@ package apikey
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -18,6 +19,10 @@ var (
 	ErrNameTaken = errors.New("key name already used in workspace")
 	// ErrReadOnly means the store cannot be written (the file store).
 	ErrReadOnly = errors.New("store is read-only")
+	// ErrNotFoundCached is ErrNotFound answered by a cache from a negative entry:
+	// what the store said up to a negative TTL ago, not what it says now.
+	// errors.Is(ErrNotFoundCached, ErrNotFound) holds.
+	ErrNotFoundCached = fmt.Errorf("%w (cached)", ErrNotFound)
 )
 
 // Key is one API key's record; it never holds the secret.
@@ -143,6 +148,7 @@ type Store interface {
 	// Delete revokes the key at once and records a Deleted change with its digests.
 	Delete(ctx context.Context, id, actor string) error
 	// Rehash adds digest d (a newer pepper version) for the key that old belongs to, and drops old.
+	// Records a Rehashed change with both digests (d's negative cache entries must go too).
 	Rehash(ctx context.Context, old, d Digest) error
 	// Changes returns feed entries with Seq > after, oldest first, at most limit.
 	Changes(ctx context.Context, after int64, limit int) ([]Change, error)

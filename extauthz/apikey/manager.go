@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -38,30 +37,27 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
 
 // Validate checks a Spec at time now; errors are *FieldError.
 func (s *Spec) Validate(now time.Time) error {
+	if err := CheckWorkspace(s.Workspace); err != nil {
+		return err
+	}
+	if err := CheckKeyName(s.Name); err != nil {
+		return err
+	}
 	switch {
-	case !ValidName(s.Workspace):
-		return &FieldError{"workspace", "must be 1-128 characters of letters, digits, '-', '_' or '.'"}
-	case strings.TrimSpace(s.Name) == "" || len(s.Name) > MaxNameLen:
-		return &FieldError{"name", fmt.Sprintf("must be non-empty and at most %d bytes", MaxNameLen)}
 	case !s.ExpiresAt.IsZero() && !s.ExpiresAt.After(now):
 		return &FieldError{"expires_at", "must be in the future"}
 	case !s.ExpiresAt.IsZero() && !s.NotBefore.IsZero() && !s.NotBefore.Before(s.ExpiresAt):
 		return &FieldError{"not_before", "must be before expires_at"}
-	case s.RateLimit.N < 0 || s.RateLimit.Per < 0 || (s.RateLimit.N == 0) != (s.RateLimit.Per == 0):
-		return &FieldError{"rate_limit", "must be a rate such as 600/m"}
+	case s.RateLimit.Check() != nil:
+		return &FieldError{"rate_limit", RateRule}
 	case len(s.Grants) > MaxGrants:
 		return &FieldError{"grants", fmt.Sprintf("at most %d entries", MaxGrants)}
 	case len(s.Metadata) > MaxMetadata:
 		return &FieldError{"metadata", fmt.Sprintf("at most %d entries", MaxMetadata)}
 	}
-	for _, c := range s.Name {
-		if c < ' ' || c == 0x7f {
-			return &FieldError{"name", "must not contain control characters"}
-		}
-	}
-	for _, g := range s.Grants {
-		if !ValidName(g) {
-			return &FieldError{"grants", fmt.Sprintf("%q: must be 1-128 characters of letters, digits, '-', '_' or '.'", g)}
+	for i, g := range s.Grants {
+		if !ValidName(g) { // the entry is not echoed: it could be a pasted secret
+			return &FieldError{"grants", fmt.Sprintf("entry %d: %s", i, IDRule)}
 		}
 	}
 	for k, v := range s.Metadata {
@@ -70,20 +66,6 @@ func (s *Spec) Validate(now time.Time) error {
 		}
 	}
 	return nil
-}
-
-// ValidName reports whether s is a usable workspace or resource name.
-func ValidName(s string) bool {
-	if s == "" || len(s) > MaxGrantLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return false
-		}
-	}
-	return true
 }
 
 // Manager runs the key lifecycle (create, refresh, delete) over a Store; the
@@ -107,11 +89,17 @@ func NewManager(s Store, f *Format, h *Hasher, max func(workspace string) int) (
 // Store returns the manager's store.
 func (m *Manager) Store() Store { return m.store }
 
+// Format returns the format of the keys the manager issues.
+func (m *Manager) Format() *Format { return m.format }
+
 // Create issues a key for spec and returns its record and the secret (shown once).
 func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (Key, string, error) {
 	now := m.now().UTC()
 	if err := spec.Validate(now); err != nil {
 		return Key{}, "", err
+	}
+	if f := m.format.keyField(&spec); f != "" { // it would be stored and listed in clear
+		return Key{}, "", &FieldError{f, "must not hold an API key"}
 	}
 	id, err := NewID()
 	if err != nil {

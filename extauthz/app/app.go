@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -99,8 +98,8 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	}
 	a.store = opt.Store
 	if a.store == nil {
-		if a.store, err = openStore(ctx, &cfg, log.Named("store")); err != nil {
-			return nil, fmt.Errorf("open store %s: %w", redactURL(cfg.Store.URL), err)
+		if a.store, err = openStoreAtStart(ctx, &cfg, log.Named("store")); err != nil {
+			return nil, err
 		}
 	}
 	a.cache, err = keycache.New(cacheSource(a.store), keycache.Options{
@@ -174,7 +173,8 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	if a.hlis, err = listen(cfg.HTTP.Listen); err != nil {
 		return nil, &config.FieldError{Path: "http.listen", Msg: err.Error()}
 	}
-	a.http = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	a.glis, a.hlis = limitListeners(a.glis, a.hlis, &cfg, log)
+	a.http = newHTTPServer(&cfg.HTTP, a.routes())
 	return a, nil
 }
 
@@ -188,7 +188,7 @@ func (a *App) HTTPAddr() net.Addr { return a.hlis.Addr() }
 // the drain deadline, HTTP shutdown, background flushes, then caches and stores close.
 func (a *App) Run(ctx context.Context) error {
 	log := a.log.Named("app")
-	errc := make(chan error, 2)
+	errc := make(chan error, 3) // gRPC, HTTP, a store that fails to open late
 	go func() { errc <- a.grpc.Serve(a.glis) }()
 	go func() {
 		if err := a.http.Serve(a.hlis); !errors.Is(err, http.ErrServerClosed) {
@@ -203,25 +203,38 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	run(a.watchStore)
 	run(func(ctx context.Context) { _ = a.follower.Run(ctx) })
-	if pg, ok := a.store.(*postgres.Store); ok { // push: evict on NOTIFY; polling stays the backstop
+	listen := func(ctx context.Context, pg *postgres.Store) { // push: evict on NOTIFY; polling stays the backstop
+		_ = pg.ListenState(ctx, func() {
+			if err := a.follower.Poll(ctx); err != nil && ctx.Err() == nil {
+				log.Debug("poll after notify", zap.Error(err))
+			}
+		}, a.follower.SetPushed) // LISTEN down: the follower polls fast meanwhile
+	}
+	if pg, ok := a.store.(*postgres.Store); ok {
+		run(func(ctx context.Context) { listen(ctx, pg) })
+	}
+	if p, ok := a.store.(*pendingStore); ok { // PostgreSQL not reachable at start: open it, then listen
 		run(func(ctx context.Context) {
-			_ = pg.Listen(ctx, func() {
-				if err := a.follower.Poll(ctx); err != nil && ctx.Err() == nil {
-					log.Debug("poll after notify", zap.Error(err))
-				}
-			})
+			s, err := p.openLoop(ctx)
+			if err != nil {
+				errc <- err
+			}
+			if pg, ok := s.(*postgres.Store); ok {
+				listen(ctx, pg)
+			}
 		})
 	}
 	run(a.bg.run)
 	run(a.usage.Run)
 	log.Info("serving", zap.String("grpc", a.glis.Addr().String()), zap.String("http", a.hlis.Addr().String()),
-		zap.String("store", redactURL(a.cfg.Store.URL)), zap.String("ratelimit", a.cfg.RateLimit.Backend))
+		zap.String("store", config.RedactURL(a.cfg.Store.URL)), zap.String("ratelimit", a.cfg.RateLimit.Backend),
+		zap.String("codec", a.cfg.GRPC.Codec))
 
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
-		log.Error("listener failed", zap.Error(err))
+		log.Error("serving failed", zap.Error(err))
 	}
 	log.Info("draining", zap.Duration("deadline", a.cfg.GRPC.DrainTimeout))
 	a.state.Store(stateStopping)
@@ -362,9 +375,8 @@ func newGRPC(c *config.GRPC) (*grpc.Server, error) {
 		grpc.StaticStreamWindowSize(grpcWindow),
 		grpc.StaticConnWindowSize(grpcWindow),
 	)
-	if c.MaxStreams > 0 {
-		opts = append(opts, grpc.MaxConcurrentStreams(c.MaxStreams))
-	}
+	bound := newCallBound(c.RequestTimeout)
+	opts = append(opts, bound.options(c)...) // streams per connection, header size, slow requests
 	if c.TLS.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
 		if err != nil {
@@ -384,7 +396,9 @@ func newGRPC(c *config.GRPC) (*grpc.Server, error) {
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	return grpc.NewServer(opts...), nil
+	srv := grpc.NewServer(opts...)
+	bound.srv = srv
+	return srv, nil
 }
 
 // listen binds host:port or unix:///path (a stale socket file is replaced).

@@ -55,7 +55,11 @@ func (b *background) rehash(old apikey.Digest, key string) {
 		if err != nil {
 			b.log.Warn("rehash failed", zap.Int("from_version", old.Version), zap.Error(err))
 		} else {
-			b.cache.Evict(old.Sum)
+			// The new digest first: its negative entry, written when this key's
+			// first Check under the new pepper missed, would otherwise deny the key
+			// for the negative TTL once the old digest is gone. (Other replicas
+			// evict both from the Rehashed change.)
+			b.cache.Evict(next.Sum, old.Sum)
 		}
 		b.mu.Lock()
 		delete(b.pending, old.Sum)

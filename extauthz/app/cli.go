@@ -194,6 +194,10 @@ func (c *cli) serve(args []string) error {
 	}
 	applyRuntime(cfg.Runtime, c.log)
 	a, err := New(c.ctx, cfg, c.log, Options{Embedded: embedded})
+	if err != nil && c.ctx.Err() != nil { // SIGTERM while starting: a clean stop, not a failure
+		c.log.Info("stopped while starting", zap.NamedError("interrupted", err))
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -234,6 +238,9 @@ func (c *cli) keysCreate(args []string) error {
 	}
 	if rate != "" {
 		r, err := apikey.ParseRate(rate)
+		if err == nil {
+			err = r.Check()
+		}
 		if err != nil {
 			return usageError("--rate-limit: " + err.Error())
 		}
@@ -241,6 +248,9 @@ func (c *cli) keysCreate(args []string) error {
 	}
 	if grants != "" {
 		spec.Grants = strings.Split(grants, ",")
+	}
+	if err := spec.Validate(time.Now()); err != nil { // the Manager's rules, before any store or server is touched
+		return explain(err, ws)
 	}
 	ops, err := c.ops(co)
 	if err != nil {
@@ -259,7 +269,11 @@ func explain(err error, ws string) error {
 	var fe *apikey.FieldError
 	switch {
 	case errors.As(err, &fe):
-		return fmt.Errorf("invalid --%s: %s", strings.ReplaceAll(fe.Field, "_", "-"), fe.Msg)
+		flag := map[string]string{"grants": "grant", "expires_at": "expires-in"}[fe.Field]
+		if flag == "" {
+			flag = strings.ReplaceAll(fe.Field, "_", "-")
+		}
+		return fmt.Errorf("invalid --%s: %s", flag, fe.Msg)
 	case errors.Is(err, apikey.ErrLimit):
 		return fmt.Errorf("workspace %s already holds its maximum number of keys; delete one first", ws)
 	case errors.Is(err, apikey.ErrNameTaken):
@@ -282,6 +296,9 @@ func (c *cli) keysList(args []string) error {
 	}
 	if ws == "" {
 		return usageError("keys list: --workspace is required")
+	}
+	if err := apikey.CheckWorkspace(ws); err != nil {
+		return explain(err, ws)
 	}
 	ops, err := c.ops(co)
 	if err != nil {
@@ -309,6 +326,11 @@ func (c *cli) keysRefresh(args []string) error {
 	if len(pos) != 1 {
 		return usageError("keys refresh takes one KEY_ID")
 	}
+	if ws != "" {
+		if err := apikey.CheckWorkspace(ws); err != nil {
+			return explain(err, ws)
+		}
+	}
 	ops, err := c.ops(co)
 	if err != nil {
 		return err
@@ -332,6 +354,11 @@ func (c *cli) keysDelete(args []string) error {
 	}
 	if len(pos) != 1 {
 		return usageError("keys delete takes one KEY_ID")
+	}
+	if ws != "" {
+		if err := apikey.CheckWorkspace(ws); err != nil {
+			return explain(err, ws)
+		}
 	}
 	ops, err := c.ops(co)
 	if err != nil {
@@ -360,9 +387,9 @@ func (c *cli) migrate(args []string) error {
 	}
 	s, err := openStore(c.ctx, &cfg, c.log.Named("store"))
 	if err != nil {
-		return fmt.Errorf("open store %s: %w", redactURL(cfg.Store.URL), err)
+		return fmt.Errorf("open store %s: %w", config.RedactURL(cfg.Store.URL), err)
 	}
-	fmt.Fprintf(c.out, "Store %s is at the current schema.\n", redactURL(cfg.Store.URL))
+	fmt.Fprintf(c.out, "Store %s is at the current schema.\n", config.RedactURL(cfg.Store.URL))
 	return s.Close()
 }
 
@@ -376,6 +403,9 @@ func (c *cli) audit(args []string) error {
 	}
 	if ws == "" {
 		return usageError("audit: --workspace is required")
+	}
+	if err := apikey.CheckWorkspace(ws); err != nil {
+		return explain(err, ws)
 	}
 	ops, err := c.ops(co)
 	if err != nil {

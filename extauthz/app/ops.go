@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/admin"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
@@ -55,7 +56,7 @@ func (c *cli) ops(co common) (keyOps, error) {
 	}
 	s, err := openStore(c.ctx, &cfg, c.log.Named("store"))
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", redactURL(cfg.Store.URL), err)
+		return nil, fmt.Errorf("open store %s: %w", config.RedactURL(cfg.Store.URL), err)
 	}
 	m, err := apikey.NewManager(s, f, h, MaxKeys(&cfg))
 	if err != nil {

@@ -49,6 +49,7 @@ func peppers(cfg *config.Config, embedded bool, log *zap.Logger) (*apikey.Hasher
 			if b, err = os.ReadFile(v.File); err != nil {
 				return nil, &config.FieldError{Path: path + ".file", Msg: fmt.Sprintf("read pepper: %v", err)}
 			}
+			warnOpenMode(log, v.File, path+".file")
 		} else {
 			s, ok := os.LookupEnv(v.Env)
 			if !ok {
@@ -63,6 +64,18 @@ func peppers(cfg *config.Config, embedded bool, log *zap.Logger) (*apikey.Hasher
 		m[v.Version] = b
 	}
 	return apikey.NewHasher(m, cfg.Pepper.Current)
+}
+
+// warnOpenMode warns when a secret file may be read by group or others: a
+// pepper lets whoever holds it (and a copy of the digests) test guessed keys
+// offline. os.Stat follows symlinks, as in a Kubernetes secret volume.
+func warnOpenMode(log *zap.Logger, file, field string) {
+	fi, err := os.Stat(file)
+	if err != nil || fi.Mode().Perm()&0o077 == 0 {
+		return
+	}
+	log.Warn("pepper file is accessible to group or others; make it readable by keyauthz only (chmod 600, or defaultMode: 0400 on a Kubernetes secret volume)",
+		zap.String("file", file), zap.String("field", field), zap.String("mode", fmt.Sprintf("%#o", fi.Mode().Perm())))
 }
 
 func defaultPepper(path string) ([]byte, bool, error) {
@@ -103,7 +116,7 @@ func defaultPepper(path string) ([]byte, bool, error) {
 func sqlitePath(url string) (string, error) {
 	p, ok := strings.CutPrefix(url, "sqlite://")
 	if !ok || p == "" {
-		return "", fmt.Errorf("store url %q: want sqlite:///abs/path.db or sqlite://./rel.db", url)
+		return "", fmt.Errorf("store url %s: want sqlite:///abs/path.db or sqlite://./rel.db", config.RedactURL(url))
 	}
 	return p, nil
 }

@@ -39,7 +39,14 @@ func newRedisLimiter(cfg *config.Config, log *zap.Logger) (*redisLimiter, error)
 		}
 		pw = strings.TrimRight(string(b), "\r\n")
 	case rc.PasswordEnv != "":
-		pw = os.Getenv(rc.PasswordEnv)
+		var ok bool
+		if pw, ok = os.LookupEnv(rc.PasswordEnv); !ok || pw == "" {
+			return nil, &config.FieldError{Path: "ratelimit.redis.password_env",
+				Msg: fmt.Sprintf("environment variable %s is not set or empty (drop password_env for a Redis without a password)", rc.PasswordEnv)}
+		}
+	}
+	if rc.PasswordFile != "" && pw == "" {
+		return nil, &config.FieldError{Path: "ratelimit.redis.password_file", Msg: "file is empty (drop password_file for a Redis without a password)"}
 	}
 	client, err := ratelimit.NewRedisClient(rc.Addrs, rc.Cluster, pw)
 	if err != nil {

@@ -14,7 +14,8 @@ import (
 	"github.com/keyauthz/keyauthz/extauthz/store/sqlite"
 )
 
-// openStore opens the store a URL names: sqlite://, file:// or postgres://.
+// openStore opens the store a URL names: sqlite://, file:// or postgres://. On
+// error the store is a nil interface (never a nil *Store inside one).
 func openStore(ctx context.Context, cfg *config.Config, log *zap.Logger) (apikey.Store, error) {
 	url := cfg.Store.URL
 	switch {
@@ -23,31 +24,30 @@ func openStore(ctx context.Context, cfg *config.Config, log *zap.Logger) (apikey
 		if err != nil {
 			return nil, err
 		}
-		return sqlite.Open(ctx, p, log)
+		return nonNil(sqlite.Open(ctx, p, log))
 	case strings.HasPrefix(url, "file://"):
 		p := strings.TrimPrefix(url, "file://")
 		if p == "" {
-			return nil, fmt.Errorf("store url %q: want file:///path/keys.yaml", url)
+			return nil, fmt.Errorf("store url %s: want file:///path/keys.yaml", config.RedactURL(url))
 		}
-		return file.Open(ctx, p, log)
+		return nonNil(file.Open(ctx, p, log))
 	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
-		return postgres.Open(ctx, url, log, postgres.Options{MaxConns: cfg.Store.MaxConns, StatementTimeout: cfg.Store.StatementTimeout})
+		return nonNil(postgres.Open(ctx, url, log, postgres.Options{
+			MaxConns: cfg.Store.MaxConns, StatementTimeout: cfg.Store.StatementTimeout,
+			MigrateLockTimeout: cfg.Store.MigrateLockTimeout,
+		}))
 	}
-	return nil, fmt.Errorf("store url: unsupported scheme in %q", redactURL(url))
+	return nil, fmt.Errorf("store url %s: unsupported scheme", config.RedactURL(url))
 }
 
-// redactURL drops credentials from a URL before it is logged or returned.
-func redactURL(u string) string {
-	scheme, rest, ok := strings.Cut(u, "://")
-	if !ok {
-		return u
+// nonNil returns a store opener's result as an apikey.Store that is nil
+// whenever err is set: a nil *sqlite.Store in a non-nil interface would pass
+// every "store != nil" test and panic in Close.
+func nonNil[S apikey.Store](s S, err error) (apikey.Store, error) {
+	if err != nil {
+		return nil, err
 	}
-	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-		if slash := strings.IndexByte(rest, '/'); slash < 0 || at < slash {
-			rest = "xxxxx@" + rest[at+1:]
-		}
-	}
-	return scheme + "://" + rest
+	return s, nil
 }
 
 // checkReaderer is a store with a lean reader for the key cache (sqlite).

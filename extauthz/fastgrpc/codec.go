@@ -1,9 +1,10 @@
 // Package fastgrpc serves envoy.service.auth.v3.Authorization without the
 // generic protobuf codec on the request path: a gRPC codec keeps the request's
 // bytes, a small protowire decoder reads only the fields the decision needs
-// (path, headers or header_map, context_extensions) straight from them, and the
-// response is marshalled with vtprotobuf's generated code when the binary is
-// built with -tags vtprotobuf. Responses are the same as extauthz.Service.Check
+// (path, headers or header_map, context_extensions) straight from them while
+// checking the rest as proto.Unmarshal would (so both codecs reject the same
+// requests and decide the others alike), and the response is marshalled with
+// vtprotobuf's generated code when the binary is built with -tags vtprotobuf. Responses are the same as extauthz.Service.Check
 // gives; every other service on the server (health) keeps the standard codec.
 package fastgrpc
 

@@ -47,8 +47,9 @@ type request struct {
 // decode reads b, a serialized CheckRequest, with proto.Unmarshal's semantics:
 // fields repeated on the wire merge (last scalar wins, later map entries win),
 // known fields of an unexpected wire type and unknown fields (groups included)
-// are skipped, and truncated or otherwise malformed input is an error. Unlike
-// proto.Unmarshal it does not reject invalid UTF-8 in string fields.
+// are skipped, and b is an error exactly when proto.Unmarshal rejects it
+// (malformed anywhere, invalid UTF-8 in a string field, nested too deep): the
+// fields it does not read are checked with validField (validate.go).
 func (r *request) decode(b []byte) error {
 	r.reset()
 	for len(b) > 0 {
@@ -57,8 +58,16 @@ func (r *request) decode(b []byte) error {
 			return errMalformed
 		}
 		b = rest
-		if num == fAttributes && !r.attributes(v) {
-			return errMalformed
+		switch num {
+		case 0: // not length-delimited: next checked it
+		case fAttributes:
+			if !r.attributes(v) {
+				return errMalformed
+			}
+		default:
+			if !validField(checkRequestSchema, num, v, depthCheckRequest) {
+				return errMalformed
+			}
 		}
 	}
 	if !r.hasHeaders {
@@ -122,6 +131,7 @@ func (r *request) attributes(b []byte) bool {
 		}
 		b = rest
 		switch num {
+		case 0:
 		case fRequest:
 			if !r.request(v) {
 				return false
@@ -132,6 +142,10 @@ func (r *request) attributes(b []byte) bool {
 				return false
 			}
 			r.ext = append(r.ext, extauthz.KV{K: k, V: val})
+		default:
+			if !validField(attributesSchema, num, v, depthAttributes) {
+				return false
+			}
 		}
 	}
 	return true
@@ -144,8 +158,16 @@ func (r *request) request(b []byte) bool {
 			return false
 		}
 		b = rest
-		if num == fHTTP && !r.http(v) {
-			return false
+		switch num {
+		case 0:
+		case fHTTP:
+			if !r.http(v) {
+				return false
+			}
+		default:
+			if !validField(requestSchema, num, v, depthRequest) {
+				return false
+			}
 		}
 	}
 	return true
@@ -159,6 +181,7 @@ func (r *request) http(b []byte) bool {
 		}
 		b = rest
 		switch num {
+		case 0:
 		case fHeaders:
 			k, val, ok := entry(v)
 			if !ok {
@@ -167,9 +190,16 @@ func (r *request) http(b []byte) bool {
 			r.headers = append(r.headers, extauthz.KV{K: k, V: val})
 			r.hasHeaders = true
 		case fPath:
+			if !utf8.Valid(v) {
+				return false
+			}
 			r.path = str(v)
 		case fHeaderMap:
 			if !r.headerMap(v) {
+				return false
+			}
+		default:
+			if !validField(httpSchema, num, v, depthHTTP) {
 				return false
 			}
 		}
@@ -184,7 +214,13 @@ func (r *request) headerMap(b []byte) bool {
 			return false
 		}
 		b = rest
+		if num == 0 {
+			continue
+		}
 		if num != fHeaderMapHeaders {
+			if !validField(headerMapSchema, num, v, depthHeaderMap) {
+				return false
+			}
 			continue
 		}
 		var key, val, raw string
@@ -195,12 +231,23 @@ func (r *request) headerMap(b []byte) bool {
 			}
 			v = more
 			switch n {
+			case 0:
 			case fKey:
+				if !utf8.Valid(f) {
+					return false
+				}
 				key = str(f)
 			case fValue:
+				if !utf8.Valid(f) {
+					return false
+				}
 				val = str(f)
 			case fRawValue:
 				raw = str(f)
+			default:
+				if !validField(headerValueSchema, n, f, depthHeaderValue) {
+					return false
+				}
 			}
 		}
 		if val == "" {
@@ -211,7 +258,8 @@ func (r *request) headerMap(b []byte) bool {
 	return true
 }
 
-// entry decodes one map<string,string> entry; absent fields are "".
+// entry decodes one map<string,string> entry; absent fields are "", and a key
+// or value that is not UTF-8 is an error, as in proto.Unmarshal.
 func entry(b []byte) (k, v string, ok bool) {
 	for len(b) > 0 {
 		num, f, rest, ok := next(b)
@@ -220,10 +268,15 @@ func entry(b []byte) (k, v string, ok bool) {
 		}
 		b = rest
 		switch num {
-		case fKey:
-			k = str(f)
-		case fValue:
-			v = str(f)
+		case fKey, fValue:
+			if !utf8.Valid(f) {
+				return "", "", false
+			}
+			if num == fKey {
+				k = str(f)
+			} else {
+				v = str(f)
+			}
 		}
 	}
 	return k, v, true

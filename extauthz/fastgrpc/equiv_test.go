@@ -69,6 +69,10 @@ func wireCases(t testing.TB, fx *fixture) []wireCase {
 		{name: "headers map wins over header_map", wire: checkReq(httpReq(hdr("accept", "*/*"), hmap(hv(k, valid, nil)))), code: 401},
 		{name: "header_map before headers map", wire: checkReq(httpReq(hmap(hv(k, valid, nil)), hdr("accept", "*/*"))), code: 401},
 		{name: "empty headers entry still wins", wire: checkReq(httpReq(msg(3), hmap(hv(k, valid, nil)))), code: 401},
+		{name: "headers of another wire type then header_map", wire: checkReq(httpReq(varint(3, 1), hmap(hv(k, valid, nil)))), code: 200},
+		{name: "headers as a group then header_map", wire: checkReq(httpReq(group(3, varint(1, 1)), hmap(hv(k, valid, nil)))), code: 200},
+		{name: "header_map then headers of another wire type", wire: checkReq(httpReq(hmap(hv(k, valid, nil)), fixed64(3))), code: 200},
+		{name: "fixed corpus key", wire: checkReq(httpReq(hdr(k, fixedKey))), code: 200},
 		{name: "headers in a later http merge", wire: checkReq(httpReq(hmap(hv(k, valid, nil))), httpReq(hdr(k, unknown))), code: 401},
 		{name: "own workspace by template", wire: checkReq(httpReq(path("/organizations/acme/x"), hdr(k, valid))), code: 200},
 		{name: "other workspace by template", wire: checkReq(httpReq(path("/organizations/other/x"), hdr(k, valid))), code: 403},
@@ -95,8 +99,23 @@ func wireCases(t testing.TB, fx *fixture) []wireCase {
 		{name: "largest field number", code: 200, wire: cat(varint(protowire.MaxValidNumber, 1), checkReq(httpReq(hdr(k, valid))))},
 		{name: "envoy shaped request", wire: envoy, code: 200},
 
-		{name: "invalid utf-8 value", wire: checkReq(httpReq(hdr(k, "\xff"))), protoErr: true, code: 401},
-		{name: "invalid utf-8 elsewhere", wire: checkReq(httpReq(hdr("x-\xff", "y"), hdr(k, valid))), protoErr: true, code: 200},
+		{name: "invalid utf-8 value", wire: checkReq(httpReq(hdr(k, "\xff"))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 elsewhere", wire: checkReq(httpReq(hdr("x-\xff", "y"), hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 in header_map key", wire: checkReq(httpReq(hmap(hv("x-\xc3", "y", nil), hv(k, valid, nil)))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 in header_map value", wire: checkReq(httpReq(hmap(hv(k, valid, nil), hv("accept", "\xe2\x82", nil)))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 in raw_value is bytes", wire: checkReq(httpReq(hmap(hv(k, valid, nil), hv("accept", "", []byte("\xff"))))), code: 200},
+		{name: "invalid utf-8 in path", wire: checkReq(httpReq(path("/\xff"), hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 in ext", wire: checkReq(ext("x", "\xff"), httpReq(hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 in skipped method", wire: checkReq(httpReq(strf(2, "G\xffT"), hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 in skipped body", wire: checkReq(httpReq(hdr(k, valid), strf(11, "\xff"))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 in raw_body is bytes", wire: checkReq(httpReq(hdr(k, valid), strf(12, "\xff"))), code: 200},
+		{name: "invalid utf-8 in peer address", wire: checkReq(msg(1, msg(1, msg(1, strf(2, "\xff")))), httpReq(hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 in peer label key", wire: checkReq(msg(2, msg(3, strf(1, "\xff"), strf(2, "v"))), httpReq(hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "invalid utf-8 in unknown field", wire: checkReq(strf(99, "\xff"), httpReq(hdr(k, valid))), code: 200},
+		{name: "invalid utf-8 in struct metadata", wire: checkReq(msg(11, msg(1, strf(1, "f"), msg(2, msg(1, strf(1, "s"), msg(2, strf(3, "\xff")))))), httpReq(hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "valid struct metadata", wire: checkReq(msg(11, msg(1, strf(1, "f"), msg(2, msg(1, strf(1, "s"), msg(2, strf(3, "\u00e9")))))), httpReq(hdr(k, valid))), code: 200},
+		{name: "invalid utf-8 in any type_url", wire: checkReq(msg(11, msg(2, strf(1, "f"), msg(2, strf(1, "\xff")))), httpReq(hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "string field of another wire type", wire: checkReq(httpReq(varint(4, 1), fixed32(2), hdr(k, valid))), code: 200},
 
 		{name: "truncated tag", wire: []byte{0x80}, protoErr: true, decodeErr: true},
 		{name: "overlong varint", wire: bytes.Repeat([]byte{0xff}, 11), protoErr: true, decodeErr: true},
@@ -115,6 +134,10 @@ func wireCases(t testing.TB, fx *fixture) []wireCase {
 		{name: "malformed in header_map", wire: checkReq(httpReq(hmap([]byte{0x0a}))), protoErr: true, decodeErr: true},
 		{name: "malformed in skipped group", wire: group(9, []byte{0x0a, 0x10}), protoErr: true, decodeErr: true},
 		{name: "end group inside http", wire: checkReq(httpReq(tag(7, protowire.EndGroupType))), protoErr: true, decodeErr: true},
+		{name: "malformed in skipped source peer", wire: checkReq(msg(1, []byte{0x0a, 0x05}), httpReq(hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "malformed in skipped timestamp", wire: checkReq(msg(4, msg(1, []byte{0x08}), msg(2, hdr(k, valid)))), protoErr: true, decodeErr: true},
+		{name: "malformed in skipped tls session", wire: checkReq(msg(12, []byte{0x0a, 0x02, 'a'}), httpReq(hdr(k, valid))), protoErr: true, decodeErr: true},
+		{name: "end group in map entry", wire: checkReq(httpReq(msg(3, strf(1, k), tag(5, protowire.EndGroupType)))), protoErr: true, decodeErr: true},
 	}
 }
 
@@ -200,8 +223,10 @@ func TestWireEquivalence(t *testing.T) {
 	}
 }
 
-// FuzzWireEquivalence checks that whatever proto.Unmarshal accepts, the fast
-// path accepts too and answers exactly as Check does.
+// FuzzWireEquivalence checks that the two codecs decide every input alike: the
+// fast path rejects exactly what proto.Unmarshal rejects (the standard codec's
+// gRPC error), and otherwise answers exactly as Check does: the same status,
+// headers, body and metadata, or the same gRPC error.
 func FuzzWireEquivalence(f *testing.F) {
 	fx := newFixture(f, nil)
 	for _, tc := range wireCases(f, fx) {
@@ -212,19 +237,18 @@ func FuzzWireEquivalence(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		std, stdErr, uerr := standard(fx, b)
 		got, gotErr, derr := fast(fx, b)
-		if uerr != nil {
-			return // malformed for both, or invalid UTF-8 the fast path tolerates
+		if (uerr != nil) != (derr != nil) {
+			t.Fatalf("the codecs disagree: proto.Unmarshal error %v, decode error %v", uerr, derr)
 		}
-		if derr != nil {
-			t.Fatalf("proto.Unmarshal accepts what decode rejects: %v", derr)
+		if uerr == nil {
+			same(t, std, stdErr, got, gotErr)
 		}
-		same(t, std, stdErr, got, gotErr)
 	})
 }
 
-// FuzzDecode feeds arbitrary bytes to the decoder: it must never panic, and
-// whatever proto.Unmarshal accepts must decode to the same path, headers and
-// context extensions as extauthz reads them from the proto.
+// FuzzDecode feeds arbitrary bytes to the decoder: it must never panic, reject
+// exactly what proto.Unmarshal rejects, and decode the rest to the same path,
+// headers and context extensions as extauthz reads them from the proto.
 func FuzzDecode(f *testing.F) {
 	fx := newFixture(f, nil)
 	for _, tc := range wireCases(f, fx) {
@@ -234,13 +258,13 @@ func FuzzDecode(f *testing.F) {
 		var r request
 		derr := r.decode(b)
 		var pb authv3.CheckRequest
-		if proto.Unmarshal(b, &pb) != nil {
-			return
+		uerr := proto.Unmarshal(b, &pb)
+		if (uerr != nil) != (derr != nil) {
+			t.Fatalf("proto.Unmarshal error %v, decode error %v", uerr, derr)
 		}
-		if derr != nil {
-			t.Fatalf("proto.Unmarshal accepts what decode rejects: %v", derr)
+		if uerr == nil {
+			agree(t, &r, &pb)
 		}
-		agree(t, &r, &pb)
 	})
 }
 
@@ -251,7 +275,7 @@ func agree(t *testing.T, r *request, pb *authv3.CheckRequest) {
 	if r.path != http.GetPath() {
 		t.Fatalf("path %q, want %q", r.path, http.GetPath())
 	}
-	if m := http.GetHeaders(); m != nil {
+	if m := http.GetHeaders(); len(m) > 0 { // an empty map is read as absent, as Check does
 		if !r.hasHeaders {
 			t.Fatal("headers map present but not seen")
 		}

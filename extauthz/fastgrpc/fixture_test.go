@@ -67,6 +67,10 @@ type fixture struct {
 	unknown string // well-formed, not stored
 }
 
+// fixedKey is a well-formed key every fixture stores (workspace acme), the same
+// in every run, so that committed fuzz corpus entries can reach an allow.
+const fixedKey = "kz_FuzzCorpusFixedKey00000000000000000000000000Q7Kjx"
+
 // newFixture builds the fixture; lim nil means a fixedLimiter denying fx.limited.
 func newFixture(t testing.TB, lim extauthz.Limiter) *fixture {
 	t.Helper()
@@ -95,6 +99,7 @@ func newFixture(t testing.TB, lim extauthz.Limiter) *fixture {
 	}
 	fx.valid, fx.granted, fx.revoked, fx.limited, fx.old, fx.unknown = gen(), gen(), gen(), gen(), gen(), gen()
 	add(h.Sum(fx.valid), apikey.Key{ID: "key_valid", Workspace: "acme"})
+	add(h.Sum(fixedKey), apikey.Key{ID: "key_fixed", Workspace: "acme"})
 	add(h.Sum(fx.granted), apikey.Key{ID: "key_granted", Workspace: "acme", Grants: []string{"partner"}})
 	add(h.Sum(fx.revoked), apikey.Key{ID: "key_revoked", Workspace: "acme", RevokedAt: fixedNow.Add(-time.Minute)})
 	add(h.Sum(fx.limited), apikey.Key{ID: "key_limited", Workspace: "acme", RateLimit: apikey.Rate{N: 5, Per: time.Second}})

@@ -33,6 +33,9 @@ type Options struct {
 	NegativeTTL  time.Duration // unknown digests are remembered this long (0 = not remembered)
 	MaxStaleness time.Duration // store outage: a positive entry older than TTL is still served up to TTL+MaxStaleness when the store errors (0 = never serve stale)
 	ReadTimeout  time.Duration // bounds each store read (besides the starting caller's deadline); 0 = no bound of its own
+	// Now, when set, is the cache's clock, read on every lookup, instead of its
+	// own coarse ticking one (tests that move time).
+	Now func() time.Time
 }
 
 // Stats are the cache's counters since New; Hits+NegativeHits+Misses is the number of Lookups.
@@ -71,28 +74,41 @@ type entry struct {
 }
 
 // compact is the part of a Key the Check path reads, kept small so a cached key
-// costs a few hundred bytes: times as Unix nanoseconds, no name, display,
-// creation or last-use time, or metadata (the admin API reads those from the store).
+// costs a few hundred bytes: times as a stamp, no name, display, creation or
+// last-use time, or metadata (the admin API reads those from the store).
 type compact struct {
 	id, workspace            string
 	grants                   *[]string // nil without grants (most keys): 8 bytes instead of 24
-	expires, notBefore, revd int64     // Unix ns; 0 = unset
+	expires, notBefore, revd stamp
 	rate                     apikey.Rate
 	version                  int
 }
 
-func toNanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
+// stamp is a time kept exactly for every instant a time.Time holds (every date
+// the admin API or a store accepts, years 1 to 9999 included): seconds since
+// time.Time's zero instant, January 1 of year 1 UTC, and nanoseconds. The zero
+// stamp is the zero Time (unset). Unix nanoseconds in an int64 would wrap after
+// 2262-04-11 and before 1677-09-21.
+type stamp struct {
+	sec  int64
+	nsec int32
 }
 
-func fromNanos(n int64) time.Time {
-	if n == 0 {
+// zeroUnix is the Unix time, in seconds, of time.Time's zero instant.
+const zeroUnix = -62135596800
+
+func toStamp(t time.Time) stamp {
+	if t.IsZero() {
+		return stamp{}
+	}
+	return stamp{sec: t.Unix() - zeroUnix, nsec: int32(t.Nanosecond())}
+}
+
+func (s stamp) time() time.Time {
+	if s == (stamp{}) {
 		return time.Time{}
 	}
-	return time.Unix(0, n)
+	return time.Unix(s.sec+zeroUnix, int64(s.nsec))
 }
 
 func pack(k apikey.Key) compact {
@@ -101,8 +117,8 @@ func pack(k apikey.Key) compact {
 		g := k.Grants // only the slice header escapes, not k
 		grants = &g
 	}
-	return compact{id: k.ID, workspace: k.Workspace, grants: grants, expires: toNanos(k.ExpiresAt),
-		notBefore: toNanos(k.NotBefore), revd: toNanos(k.RevokedAt), rate: k.RateLimit, version: k.PepperVersion}
+	return compact{id: k.ID, workspace: k.Workspace, grants: grants, expires: toStamp(k.ExpiresAt),
+		notBefore: toStamp(k.NotBefore), revd: toStamp(k.RevokedAt), rate: k.RateLimit, version: k.PepperVersion}
 }
 
 func (c *compact) unpack() apikey.Key {
@@ -110,8 +126,8 @@ func (c *compact) unpack() apikey.Key {
 	if c.grants != nil {
 		grants = *c.grants
 	}
-	return apikey.Key{ID: c.id, Workspace: c.workspace, Grants: grants, ExpiresAt: fromNanos(c.expires),
-		NotBefore: fromNanos(c.notBefore), RevokedAt: fromNanos(c.revd), RateLimit: c.rate, PepperVersion: c.version}
+	return apikey.Key{ID: c.id, Workspace: c.workspace, Grants: grants, ExpiresAt: c.expires.time(),
+		NotBefore: c.notBefore.time(), RevokedAt: c.revd.time(), RateLimit: c.rate, PepperVersion: c.version}
 }
 
 // call is one store read in flight; waiters read its result after done is closed.
@@ -177,8 +193,9 @@ type Cache struct {
 	jobs chan *call   // hands a read to an idle reader
 	idle atomic.Int32 // readers waiting on jobs
 
-	base time.Time
-	now  atomic.Int64 // coarse clock: monotonic nanoseconds since base, advanced by tick (by tests when not ticking)
+	base  time.Time
+	now   atomic.Int64     // coarse clock: monotonic nanoseconds since base, advanced by tick (by tests when not ticking)
+	nowFn func() time.Time // Options.Now: the clock instead of now when set
 
 	reads, storeErrs atomic.Uint64
 
@@ -234,6 +251,10 @@ func newCache(store apikey.Lookuper, opt Options, log *zap.Logger, tick bool) (*
 		readTO:   opt.ReadTimeout,
 		jobs:     make(chan *call),
 		base:     time.Now(),
+		nowFn:    opt.Now,
+	}
+	if opt.Now != nil {
+		c.base, tick = opt.Now(), false
 	}
 	c.done, c.stop = context.WithCancel(context.Background())
 	for i := range c.shards {
@@ -277,18 +298,25 @@ func (c *Cache) tick(res time.Duration) {
 }
 
 // clock returns the coarse time since base.
-func (c *Cache) clock() time.Duration { return time.Duration(c.now.Load()) }
+func (c *Cache) clock() time.Duration {
+	if c.nowFn != nil {
+		return c.nowFn().Sub(c.base)
+	}
+	return time.Duration(c.now.Load())
+}
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
 func (c *Cache) shard(sum *[32]byte) *shard { return &c.shards[int(sum[0])&c.mask] }
 
 // Lookup returns the key for d from the cache or, on a miss, from the store.
-// Unknown digests return apikey.ErrNotFound; other store errors are returned
-// wrapped and not cached. A Key answered from the cache carries only what the
-// Check path reads (ID, Workspace, Grants, ExpiresAt, NotBefore, RevokedAt,
-// RateLimit, PepperVersion); read the store for the rest. The returned Key
-// shares Grants with the cache: treat it as read-only.
+// Unknown digests return apikey.ErrNotFound, or apikey.ErrNotFoundCached when
+// answered from a negative entry (errors.Is(err, apikey.ErrNotFound) holds for
+// both); other store errors are returned wrapped and not cached. A Key
+// answered from the cache carries only what the Check path reads (ID,
+// Workspace, Grants, ExpiresAt, NotBefore, RevokedAt, RateLimit,
+// PepperVersion); read the store for the rest. The returned Key shares Grants
+// with the cache: treat it as read-only.
 func (c *Cache) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
 	s := c.shard(&d.Sum)
 	now := c.clock()
@@ -306,7 +334,7 @@ func (c *Cache) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error)
 			if now < exp {
 				s.mu.Unlock()
 				s.negHits.Add(1)
-				return apikey.Key{}, apikey.ErrNotFound
+				return apikey.Key{}, apikey.ErrNotFoundCached
 			}
 			s.neg.Remove(d.Sum)
 		}

@@ -791,3 +791,131 @@ func TestConcurrentChurn(t *testing.T) {
 		t.Fatalf("Len %d over the size", n)
 	}
 }
+
+// Every time a Key can hold comes back from a cache hit exactly as the store
+// gave it: far future (past 2262-04-11, where Unix nanoseconds wrap), far past
+// (before 1677-09-21), the Unix epoch itself, sub-second digits, and zero (unset).
+func TestCachedTimesExact(t *testing.T) {
+	times := map[string]time.Time{
+		"2262-04-12":           time.Date(2262, 4, 12, 0, 0, 0, 0, time.UTC),
+		"2300-01-01":           time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC),
+		"9999-12-31T23:59:59Z": time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
+		"last nanosecond":      time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC),
+		"wrap edge":            time.Unix(0, 1<<63-1).Add(time.Nanosecond),
+		"year 1 plus 1ns":      time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC),
+		"1600":                 time.Date(1600, 6, 1, 12, 0, 0, 500, time.FixedZone("X", 3600)),
+		"unix epoch":           time.Unix(0, 0),
+		"now":                  time.Now(),
+		"zero":                 {},
+	}
+	for name, at := range times {
+		t.Run(name, func(t *testing.T) {
+			s := newStore()
+			c, _ := testCache(t, s, testOpts)
+			d := digest(1)
+			want := apikey.Key{ID: "key_far", Workspace: "ws1", ExpiresAt: at, NotBefore: at, RevokedAt: at, PepperVersion: 1}
+			s.mu.Lock()
+			s.keys[d.Sum] = want
+			s.mu.Unlock()
+			for _, from := range []string{"store read", "cache hit"} {
+				k, err := lookup(c, d)
+				if err != nil {
+					t.Fatalf("%s: %v", from, err)
+				}
+				for field, got := range map[string]time.Time{"ExpiresAt": k.ExpiresAt, "NotBefore": k.NotBefore, "RevokedAt": k.RevokedAt} {
+					if !got.Equal(at) || got.IsZero() != at.IsZero() {
+						t.Errorf("%s: %s = %v, want %v", from, field, got, at)
+					}
+				}
+				wantReads(t, s, 1)
+			}
+		})
+	}
+}
+
+// A key valid from 2300 stays not yet valid, and a key expiring at the end of
+// 9999 stays valid, on every cache hit — not only on the store read.
+func TestCachedFarFutureValidity(t *testing.T) {
+	now := time.Now()
+	cases := []struct {
+		name string
+		key  apikey.Key
+		want error
+	}{
+		{"not_before 2262-04-12", apikey.Key{NotBefore: time.Date(2262, 4, 12, 0, 0, 0, 0, time.UTC)}, apikey.ErrNotYetValid},
+		{"not_before 2300-01-01", apikey.Key{NotBefore: time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)}, apikey.ErrNotYetValid},
+		{"not_before 9999-12-31T23:59:59Z", apikey.Key{NotBefore: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)}, apikey.ErrNotYetValid},
+		{"expires_at 2262-04-12", apikey.Key{ExpiresAt: time.Date(2262, 4, 12, 0, 0, 0, 0, time.UTC)}, nil},
+		{"expires_at 2300-01-01", apikey.Key{ExpiresAt: time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)}, nil},
+		{"expires_at 9999-12-31T23:59:59Z", apikey.Key{ExpiresAt: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)}, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore()
+			c, _ := testCache(t, s, testOpts)
+			d := digest(1)
+			tc.key.ID, tc.key.Workspace = "key_far", "ws1"
+			s.mu.Lock()
+			s.keys[d.Sum] = tc.key
+			s.mu.Unlock()
+			for i := range 3 {
+				k, err := lookup(c, d)
+				if err != nil {
+					t.Fatalf("lookup %d: %v", i+1, err)
+				}
+				if err := k.Valid(now); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+					t.Fatalf("lookup %d: Valid = %v, want %v", i+1, err, tc.want)
+				}
+			}
+			wantReads(t, s, 1)
+		})
+	}
+}
+
+// A store's "not found" comes back as apikey.ErrNotFound itself; a negative
+// entry's as apikey.ErrNotFoundCached, which is ErrNotFound for errors.Is: the
+// Check path tells the two apart during a pepper rotation.
+func TestNotFoundFromStoreOrNegativeEntry(t *testing.T) {
+	s := newStore()
+	c, _ := testCache(t, s, testOpts)
+	d := digest(1)
+	if _, err := lookup(c, d); err != apikey.ErrNotFound {
+		t.Fatalf("store read: err = %v, want apikey.ErrNotFound itself", err)
+	}
+	_, err := lookup(c, d)
+	if err != apikey.ErrNotFoundCached || !errors.Is(err, apikey.ErrNotFound) {
+		t.Fatalf("negative entry: err = %v, want apikey.ErrNotFoundCached (errors.Is ErrNotFound)", err)
+	}
+	wantReads(t, s, 1)
+}
+
+// Options.Now replaces the ticking clock: TTLs follow it and nothing else.
+func TestOptionsNow(t *testing.T) {
+	var mu sync.Mutex
+	at := time.Unix(1_000_000, 0)
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return at }
+	add := func(d time.Duration) { mu.Lock(); at = at.Add(d); mu.Unlock() }
+	s := newStore()
+	a, b := digest(1), digest(2)
+	s.put(a, "key_a")
+	o := testOpts
+	o.Now = now
+	c, err := New(s, o, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wantKey(t, c, a, "key_a")
+	wantNotFound(t, c, b)
+	time.Sleep(20 * time.Millisecond) // real time does not age entries
+	add(o.NegativeTTL - time.Nanosecond)
+	wantKey(t, c, a, "key_a")
+	wantNotFound(t, c, b)
+	wantReads(t, s, 2)
+	add(time.Nanosecond)
+	wantNotFound(t, c, b) // negative entry expired: read again
+	wantReads(t, s, 3)
+	add(o.TTL)
+	wantKey(t, c, a, "key_a") // positive entry past TTL: read again
+	wantReads(t, s, 4)
+}

@@ -31,6 +31,10 @@ const (
 	// gapGrace is how long a hole in the feed's sequence may stay open (a writer
 	// that took a Seq but has not committed yet) before it counts as changes missed.
 	gapGrace = time.Second
+	// FastInterval is Run's poll period while push notifications are down (see
+	// SetPushed): short enough that a change reaches this replica well within
+	// 250 ms even then, at one cheap indexed query per replica every 100 ms.
+	FastInterval = 100 * time.Millisecond
 )
 
 // Follower reads a store's change feed and evicts the cache entries of changed keys,
@@ -53,6 +57,9 @@ type Follower struct {
 	seq     atomic.Int64
 	healthy atomic.Bool
 	lastErr atomic.Pointer[error]
+
+	pushDown atomic.Bool   // push notifications are not being delivered: poll fast
+	wake     chan struct{} // wakes Run when pushDown changes
 }
 
 // NewFollower returns a follower that evicts from cache what feed reports, polling every interval.
@@ -74,20 +81,48 @@ func NewFollower(feed Feed, cache *Cache, interval time.Duration, log *zap.Logge
 		log:      log.Named("follower"),
 		grace:    gapGrace,
 		now:      time.Now,
+		wake:     make(chan struct{}, 1),
 	}, nil
 }
 
-// Run polls at once and then every interval until ctx is done, and returns nil then.
-// Poll errors are logged and retried on the next tick; see Healthy.
+// SetPushed tells the follower whether push notifications (PostgreSQL
+// LISTEN, which calls Poll on every change) are being delivered. While they are
+// not, Run polls every FastInterval (or interval, if shorter) instead of every
+// interval, so that a change still reaches this replica within a fraction of a
+// second; a change of state polls at once. Followers start as pushed. Safe for
+// concurrent use; it does not block.
+func (f *Follower) SetPushed(ok bool) {
+	if f.pushDown.Swap(!ok) == !ok {
+		return // no change
+	}
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// period returns Run's current poll period.
+func (f *Follower) period() time.Duration {
+	if f.pushDown.Load() {
+		return min(f.interval, FastInterval)
+	}
+	return f.interval
+}
+
+// Run polls at once and then every interval (FastInterval while push
+// notifications are down, see SetPushed) until ctx is done, and returns nil
+// then. Poll errors are logged and retried on the next tick; see Healthy.
 func (f *Follower) Run(ctx context.Context) error {
-	t := time.NewTicker(f.interval)
+	t := time.NewTimer(f.period())
 	defer t.Stop()
 	for {
 		_ = f.Poll(ctx)
+		t.Reset(f.period())
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-f.wake:
 		}
 	}
 }

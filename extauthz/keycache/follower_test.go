@@ -379,3 +379,72 @@ func TestFollowerRun(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 }
+
+// countingFeed counts Changes calls.
+type countingFeed struct {
+	*fakeFeed
+	mu    sync.Mutex
+	calls int
+}
+
+func (c *countingFeed) Changes(ctx context.Context, after int64, limit int) ([]apikey.Change, error) {
+	c.mu.Lock()
+	c.calls++
+	c.mu.Unlock()
+	return c.fakeFeed.Changes(ctx, after, limit)
+}
+
+func (c *countingFeed) n() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls
+}
+
+// TestFollowerPollsFastWhilePushDown runs a follower with an hourly interval
+// (push notifications do the work): once push is reported down it polls at
+// once and then every FastInterval, so a change is applied within 250 ms
+// without any notification; once push is back it returns to its interval.
+func TestFollowerPollsFastWhilePushDown(t *testing.T) {
+	s := newStore()
+	a := digest(1)
+	s.put(a, "key_a")
+	c, _ := testCache(t, s, testOpts)
+	feed := &countingFeed{fakeFeed: &fakeFeed{}}
+	f := newFollower(t, feed, c) // interval: one hour
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	eventually(t, "first poll", f.Healthy)
+	wantKey(t, c, a, "key_a")
+
+	f.SetPushed(false)
+	f.SetPushed(false) // idempotent
+	for i := range 3 {
+		d := digest(10 + i)
+		s.put(d, "key_d")
+		wantKey(t, c, d, "key_d")
+		s.del(d)
+		seq := feed.add(0, apikey.Deleted, d)
+		added := time.Now()
+		for f.Seq() != seq {
+			if time.Since(added) > 250*time.Millisecond {
+				t.Fatalf("change %d not applied within 250ms with push down (polls so far: %d)", i, feed.n())
+			}
+			time.Sleep(time.Millisecond)
+		}
+		wantNotFound(t, c, d)
+	}
+
+	f.SetPushed(true)
+	settled := feed.n()
+	time.Sleep(3 * FastInterval)
+	if n := feed.n(); n > settled+1 {
+		t.Fatalf("%d polls in %v after push came back, want at most the one at the switch", n-settled, 3*FastInterval)
+	}
+}

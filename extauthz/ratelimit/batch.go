@@ -25,6 +25,12 @@ import (
 // passed while queued is not sent at all, and a pipeline's context carries
 // the latest deadline among its commands, so a hung connection frees its
 // queue no later than that.
+//
+// A command already written when its caller gives up cannot be taken back: a
+// stalled Redis runs it when it resumes. So each command also carries its
+// deadline translated to Redis server time (see serverClock), and the script
+// does nothing once that has passed: a decision answered by the on-error policy
+// never spends a token.
 
 // Call states: a call is pending until the executor completes it or its
 // caller abandons it (deadline or cancellation), whichever comes first.
@@ -44,7 +50,7 @@ type call struct {
 	done  chan struct{} // receives once when the executor completes the call
 	timer *time.Timer   // the caller's deadline; reused with the call
 
-	res [3]int64 // script reply
+	res [4]int64 // script reply: verdict, two durations, Redis time
 	err error
 }
 
@@ -66,23 +72,28 @@ func newCall(key string, iv, tau int64, deadline time.Time) *call {
 // received, to the pool. An abandoned call is left to the garbage collector:
 // the executor may still hold it.
 func (c *call) release() {
-	c.key, c.err, c.res = "", nil, [3]int64{}
+	c.key, c.err, c.res = "", nil, [4]int64{}
 	callPool.Put(c)
 }
 
 // complete records the script's reply (or the command's error) and wakes
-// the caller, unless it has given up.
-func (c *call) complete(cmd *redis.Cmd, err error) {
+// the caller, unless it has given up. It returns the Redis time the reply
+// carries (0 without a reply), read before the caller may reuse c.
+func (c *call) complete(cmd *redis.Cmd, err error) (server int64) {
 	if err == nil {
 		err = c.parse(cmd)
 	}
 	c.err = err
+	if err == nil {
+		server = c.res[3]
+	}
 	if c.state.CompareAndSwap(callPending, callDone) {
 		c.done <- struct{}{}
 	}
+	return server
 }
 
-// parse reads the script's reply, three integers, into c.res.
+// parse reads the script's reply, four integers, into c.res.
 func (c *call) parse(cmd *redis.Cmd) error {
 	vals, err := cmd.Slice()
 	if err != nil {
@@ -108,6 +119,62 @@ var errClosed = errors.New("limiter closed")
 // to be sent (no command was sent for it).
 var errExpired = fmt.Errorf("%w before the command was sent", context.DeadlineExceeded)
 
+// errLate is the error of a decision whose deadline had passed when Redis ran
+// its script, which then changed nothing.
+var errLate = fmt.Errorf("%w before redis ran the command", context.DeadlineExceeded)
+
+// Clock translation. Redis runs each script on its own clock (TIME), the
+// client's deadlines are on the client's clock. Every reply carries the Redis
+// time at which the script ran, which happened before the reply was read: so
+// redisTime - readTime is a lower bound of the offset between the two clocks
+// (Redis minus client). The executor keeps the largest such bound seen over the
+// last one to two seconds (so a clock step on either side is followed within
+// two seconds) and sends deadline + offset - deadlineMargin: never later, in
+// Redis time, than the moment its caller gives up. Before any reply the offset
+// is taken as 0 (clocks kept in sync by NTP).
+const (
+	clockWindow    = time.Second
+	deadlineMargin = time.Millisecond // covers jitter in the reply's way back
+)
+
+// serverClock estimates the offset of one Redis node's clock; it is used only
+// by its queue's executor.
+type serverClock struct {
+	cur, prev       int64 // largest lower bound (µs) in the current and the previous window
+	hasCur, hasPrev bool
+	start           int64 // client µs when the current window began
+}
+
+// observe records that the node's clock read server (µs) before the client read recv (µs).
+func (s *serverClock) observe(server, recv int64) {
+	if server <= 0 {
+		return
+	}
+	if recv-s.start >= clockWindow.Microseconds() {
+		s.prev, s.hasPrev = s.cur, s.hasCur
+		if recv-s.start >= 2*clockWindow.Microseconds() {
+			s.hasPrev = false // nothing was seen in the last window
+		}
+		s.hasCur, s.start = false, recv
+	}
+	if b := server - recv; !s.hasCur || b > s.cur {
+		s.cur, s.hasCur = b, true
+	}
+}
+
+// offset returns the estimated Redis-minus-client offset in µs at client time
+// now: the largest bound of the last one to two seconds, else the latest one
+// seen (a quiet client keeps its last estimate), else 0.
+func (s *serverClock) offset(now int64) int64 {
+	switch {
+	case !s.hasCur:
+		return 0
+	case s.hasPrev && now-s.start < clockWindow.Microseconds():
+		return max(s.cur, s.prev)
+	}
+	return s.cur
+}
+
 // queue batches the calls for one Redis target (a single node, or one
 // master of a cluster). Its executor goroutine, started with the first call
 // and stopped by Close, runs one pipeline at a time and sleeps while the
@@ -115,6 +182,8 @@ var errExpired = fmt.Errorf("%w before the command was sent", context.DeadlineEx
 type queue struct {
 	b    *batcher
 	wake chan struct{} // wakes a sleeping executor
+
+	clock serverClock // the executor's estimate of this node's clock
 
 	mu      sync.Mutex
 	pending []*call
@@ -184,7 +253,7 @@ func (q *queue) run() {
 		q.pending = prev[:0]
 		q.mu.Unlock()
 
-		q.b.exec(batch)
+		q.b.exec(batch, &q.clock)
 		clear(batch) // drop the calls: they go back to the pool
 		prev = batch
 	}
@@ -207,12 +276,17 @@ type batcher struct {
 	mu     sync.RWMutex // guards closed; taken before a queue's mutex
 	closed bool
 	wg     sync.WaitGroup // executors
+
+	base     time.Time // for micros: a monotonic reading and its Unix time
+	baseUnix int64
 }
 
 // newBatcher returns a batcher sending the Lua script src on c, counting
 // the commands it sends in sent.
 func newBatcher(c redis.UniversalClient, src string, sent *atomic.Uint64) *batcher {
 	b := &batcher{c: c, sha: redis.NewScript(src).Hash(), src: src, sent: sent}
+	b.base = time.Now()
+	b.baseUnix = b.base.UnixMicro()
 	b.single = newQueue(b)
 	if cc, ok := c.(*redis.ClusterClient); ok {
 		b.cluster = cc
@@ -247,9 +321,16 @@ func (b *batcher) queueFor(key string, deadline time.Time) (*queue, error) {
 	return q.(*queue), nil
 }
 
+// micros returns t as Unix µs on the client's monotonic clock (a wall-clock
+// step after the batcher started does not move it).
+func (b *batcher) micros(t time.Time) int64 {
+	return b.baseUnix + t.Sub(b.base).Microseconds()
+}
+
 // exec sends one batch: the calls still worth sending go out as one pipeline
-// (EVALSHA each); those answered NOSCRIPT go out again as EVAL.
-func (b *batcher) exec(batch []*call) {
+// (EVALSHA each); those answered NOSCRIPT go out again as EVAL. Each command
+// carries its deadline in the node's time, estimated by clock.
+func (b *batcher) exec(batch []*call, clock *serverClock) {
 	now := time.Now()
 	live := batch[:0]
 	var latest time.Time
@@ -271,15 +352,19 @@ func (b *batcher) exec(batch []*call) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), latest)
 	defer cancel()
+	off := clock.offset(b.micros(now)) - deadlineMargin.Microseconds()
 	cmds := make([]*redis.Cmd, len(live))
+	dls := make([]int64, len(live))
 	pipe := b.c.Pipeline()
 	for i, c := range live {
-		cmds[i] = redis.NewCmd(ctx, "evalsha", b.sha, 1, c.key, c.iv, c.tau)
+		dls[i] = max(b.micros(c.deadline)+off, 1)
+		cmds[i] = redis.NewCmd(ctx, "evalsha", b.sha, 1, c.key, c.iv, c.tau, dls[i])
 		_ = pipe.Process(ctx, cmds[i])
 	}
 	b.sent.Add(uint64(len(live)))
 	b.pipes.Add(1)
 	_, _ = pipe.Exec(ctx) // each command carries its own error
+	recv := b.micros(time.Now())
 
 	var again []int
 	for i, cmd := range cmds {
@@ -287,7 +372,7 @@ func (b *batcher) exec(batch []*call) {
 			again = append(again, i)
 			continue
 		}
-		live[i].complete(cmd, nil)
+		clock.observe(live[i].complete(cmd, nil), recv)
 	}
 	if len(again) == 0 {
 		return
@@ -295,14 +380,15 @@ func (b *batcher) exec(batch []*call) {
 	// EVAL runs the script and loads it, so later decisions are one EVALSHA again.
 	pipe = b.c.Pipeline()
 	for _, i := range again {
-		cmds[i] = redis.NewCmd(ctx, "eval", b.src, 1, live[i].key, live[i].iv, live[i].tau)
+		cmds[i] = redis.NewCmd(ctx, "eval", b.src, 1, live[i].key, live[i].iv, live[i].tau, dls[i])
 		_ = pipe.Process(ctx, cmds[i])
 	}
 	b.sent.Add(uint64(len(again)))
 	b.pipes.Add(1)
 	_, _ = pipe.Exec(ctx)
+	recv = b.micros(time.Now())
 	for _, i := range again {
-		live[i].complete(cmds[i], nil)
+		clock.observe(live[i].complete(cmds[i], nil), recv)
 	}
 }
 

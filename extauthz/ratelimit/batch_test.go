@@ -101,3 +101,48 @@ func TestRedisCancelledContext(t *testing.T) {
 		t.Fatalf("a cancelled decision sent %d commands", r.Calls())
 	}
 }
+
+// TestServerClock follows the Redis-minus-client offset: the tightest lower
+// bound of the last window, a clock step either way within two windows, and
+// the last estimate when the client has been quiet.
+func TestServerClock(t *testing.T) {
+	const s = int64(time.Second / time.Microsecond)
+	var c serverClock
+	if got := c.offset(0); got != 0 {
+		t.Fatalf("no reply yet: offset %d, want 0", got)
+	}
+	base := int64(1_700_000_000) * s
+	// Redis runs 5 ms ahead; replies take 0.3 to 2 ms to be read.
+	c.observe(base+5000, base+2000) // bound 3000
+	c.observe(base+105_000, base+100_300)
+	if got := c.offset(base + 100_300); got != 4700 {
+		t.Fatalf("offset %d, want the tightest bound 4700", got)
+	}
+	c.observe(base+s/2+5000, base+s/2+1500)
+	if got := c.offset(base + s/2); got != 4700 {
+		t.Fatalf("offset %d, want 4700 (a looser bound does not lower it)", got)
+	}
+	// Redis's clock steps back by 1 s: the old bound ages out within two windows.
+	step := base + 2*s
+	for i := int64(0); i <= 20; i++ {
+		now := step + i*s/10
+		c.observe(now-s+5000+300, now)
+	}
+	if got := c.offset(step + 2*s); got != -s+5300 {
+		t.Fatalf("after a backward step: offset %d, want %d", got, -s+5300)
+	}
+	// Quiet for a minute: the last estimate stays.
+	if got := c.offset(step + 62*s); got != -s+5300 {
+		t.Fatalf("after a quiet minute: offset %d, want %d", got, -s+5300)
+	}
+	// A forward step is followed at once.
+	now := step + 63*s
+	c.observe(now+3*s, now)
+	if got := c.offset(now); got != 3*s {
+		t.Fatalf("after a forward step: offset %d, want %d", got, 3*s)
+	}
+	c.observe(0, now) // no reply: ignored
+	if got := c.offset(now); got != 3*s {
+		t.Fatalf("offset %d after an empty observation", got)
+	}
+}

@@ -44,7 +44,7 @@ type Local struct {
 
 type shard struct {
 	mu  sync.Mutex
-	m   map[string]int64 // key → TAT (nanoseconds on the limiter's clock)
+	m   map[string]uint64 // key → TAT (nanoseconds on the limiter's clock; unsigned: see gcra)
 	max int
 	_   [40]byte // keep neighbouring shards' locks off one cache line
 }
@@ -93,7 +93,7 @@ func NewLocal(maxKeys int, opts ...LocalOption) (*Local, error) {
 		l.base = l.now()
 	}
 	for i := range l.shards {
-		l.shards[i].m = make(map[string]int64)
+		l.shards[i].m = make(map[string]uint64)
 		l.shards[i].max = maxKeys / n
 	}
 	if cfg.sweep > 0 {
@@ -123,7 +123,7 @@ func (l *Local) Allow(_ context.Context, key string, r apikey.Rate) (Decision, e
 		if ok {
 			s.m[key] = next
 		} else {
-			s.insert(key, next, now)
+			s.insert(key, next, uint64(max(now, 0)))
 		}
 	}
 	s.mu.Unlock()
@@ -163,13 +163,13 @@ func (l *Local) nanos() int64 {
 // insert adds a new key, making room first when the shard is full. The map
 // keeps key itself (the Check path passes the cached key id, which outlives
 // the request), so a limited key costs no copy of its id.
-func (s *shard) insert(key string, tat, now int64) {
+func (s *shard) insert(key string, tat, now uint64) {
 	if len(s.m) >= s.max {
 		s.sweep(now)
 	}
 	if len(s.m) >= s.max {
 		var oldest string
-		low, first := int64(0), true
+		low, first := uint64(0), true
 		for k, t := range s.m {
 			if first || t < low {
 				oldest, low, first = k, t, false
@@ -181,7 +181,7 @@ func (s *shard) insert(key string, tat, now int64) {
 }
 
 // sweep drops the entries whose TAT has passed; the caller holds s.mu.
-func (s *shard) sweep(now int64) {
+func (s *shard) sweep(now uint64) {
 	for k, t := range s.m {
 		if t <= now {
 			delete(s.m, k)
@@ -191,7 +191,7 @@ func (s *shard) sweep(now int64) {
 
 // sweepAll drops passed entries from every shard.
 func (l *Local) sweepAll() {
-	now := l.nanos()
+	now := uint64(max(l.nanos(), 0))
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()

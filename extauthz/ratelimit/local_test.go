@@ -215,7 +215,7 @@ func TestLocalMemoryBound(t *testing.T) {
 }
 
 func TestShardEvictsPassedThenOldest(t *testing.T) {
-	s := &shard{m: map[string]int64{}, max: 3}
+	s := &shard{m: map[string]uint64{}, max: 3}
 	s.insert("a", 30, 0)
 	s.insert("b", 10, 0)
 	s.insert("c", 20, 0)
@@ -229,7 +229,7 @@ func TestShardEvictsPassedThenOldest(t *testing.T) {
 	}
 }
 
-func keys(m map[string]int64) []string {
+func keys(m map[string]uint64) []string {
 	var out []string
 	for k := range m {
 		out = append(out, k)

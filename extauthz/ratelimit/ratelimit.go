@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
@@ -75,21 +76,31 @@ func invalidRate(r apikey.Rate) error {
 	return fmt.Errorf("%w: %d per %v", ErrInvalidRate, r.N, r.Per)
 }
 
-// gcra decides one request at now for a stored tat (0 or any value <= now
-// for an empty state). It returns the new TAT to store when allowed, and the
+// gcra decides one request at now for a stored tat (0 or any value <= now for
+// an empty state). It returns the new TAT to store when allowed, and the
 // decision with durations in units of unit.
-func gcra(now, tat, iv, tau int64, r apikey.Rate, unit time.Duration) (int64, Decision) {
-	if tat < now {
-		tat = now
+//
+// No sum wraps, whatever the rate (0 < iv <= tau <= MaxInt64) and the uptime
+// (0 <= now <= MaxInt64): the TAT is unsigned, and a stored TAT is never more
+// than tau ahead of the clock, so it stays below 2·MaxInt64 < MaxUint64; the
+// test max(tat, now) + iv - tau <= now is made on differences within
+// [0, MaxInt64]. (A signed TAT used to wrap negative past MaxInt64, which read
+// as "no state": 1/9223372036854775807ns never limited, and 1/2562047h stopped
+// limiting after 47 minutes of uptime.)
+func gcra(now int64, tat uint64, iv, tau int64, r apikey.Rate, unit time.Duration) (uint64, Decision) {
+	n := uint64(max(now, 0))
+	if tat < n {
+		tat = n
 	}
-	next := tat + iv
+	// <= the tau of the rate in force when tat was stored: at most MaxInt64.
+	ahead := int64(min(tat-n, math.MaxInt64))
 	d := Decision{Limit: r.N, Window: r.Per}
-	if wait := next - tau - now; wait > 0 {
+	if wait := ahead - (tau - iv); wait > 0 {
 		d.RetryAfter = time.Duration(wait) * unit
-		d.Reset = time.Duration(tat-now) * unit
+		d.Reset = time.Duration(ahead) * unit
 		return tat, d
 	}
-	return next, allowed(d, next-now, iv, tau, unit)
+	return tat + uint64(iv), allowed(d, ahead+iv, iv, tau, unit)
 }
 
 // allowed fills an allowing decision from the time left until the new TAT.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,33 +31,54 @@ const (
 
 // gcraScript is one GCRA decision, atomic in Redis, on Redis server time in
 // microseconds. KEYS[1] holds the TAT; ARGV[1] is the emission interval and
-// ARGV[2] the burst tolerance (N intervals), both in microseconds. It returns
-// {1, ttl, 0} when allowed (ttl: µs until the new TAT) and {0, wait, ttl}
-// when denied (wait: µs until one request would pass). A denied request
-// writes nothing; an allowed one stores the new TAT with a PX expiry at the
-// TAT, when the state becomes equivalent to no state. Numbers are formatted
-// with %.0f because Lua's default number format would round them.
+// ARGV[2] the burst tolerance (N intervals), both in microseconds; ARGV[3] is
+// the decision's deadline in Redis server time (µs; 0 for none). It returns
+// {1, ttl, 0, now} when allowed (ttl: µs until the new TAT), {0, wait, ttl,
+// now} when denied (wait: µs until one request would pass) and {-1, 0, 0, now}
+// when the deadline has passed: its caller has answered by the on-error policy,
+// so the script changes nothing (a command queued behind a stalled Redis must
+// not spend a token nobody was told about). A denied request writes nothing; an
+// allowed one stores the new TAT with a PX expiry at the TAT, when the state
+// becomes equivalent to no state. now lets the client follow Redis's clock.
+//
+// Lua numbers are doubles, exact for integers up to 2^53 µs (285 years);
+// Allow caps the interval and tolerance (maxSpan) so that now + TAT lead +
+// interval stays far below that, and a stored value that is not a number is
+// treated as no state. Numbers are formatted with %.0f because Lua's default
+// number format would round them.
 const gcraScript = `
 if redis.replicate_commands ~= nil then
   pcall(redis.replicate_commands)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local dl = tonumber(ARGV[3])
+if dl ~= nil and dl > 0 and now > dl then
+  return {-1, 0, 0, now}
+end
 local iv = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]))
-if tat == nil or tat < now then
+if tat == nil or tat ~= tat or tat < now then
   tat = now
+elseif tat > now + tau then
+  tat = now + tau
 end
 local nxt = tat + iv
 local wait = nxt - tau - now
 if wait > 0 then
-  return {0, wait, tat - now}
+  return {0, wait, tat - now, now}
 end
 local ttl = nxt - now
 redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', string.format('%.0f', math.ceil(ttl / 1000)))
-return {1, ttl, 0}
+return {1, ttl, 0, now}
 `
+
+// maxSpan caps the emission interval and the burst tolerance sent to the
+// script, in microseconds (2^48 µs, about 8.9 years): with Redis time near 2^51
+// µs, every sum the script forms stays below 2^53, where doubles are exact.
+// Rates the admin API accepts (periods up to a year) never reach it.
+const maxSpan = 1 << 48
 
 // RedisOptions configures a Redis limiter.
 type RedisOptions struct {
@@ -77,7 +99,9 @@ type RedisOptions struct {
 // Decision that follows OnError together with an error wrapping
 // ErrUnavailable; callers must use that Decision and treat the error as
 // information (log, count). Any other error (an invalid rate) comes with a
-// zero Decision.
+// zero Decision. A decision answered by OnError spends no quota, even when a
+// stalled Redis runs its command later: the command carries the decision's
+// deadline in Redis time and the script does nothing once it has passed.
 //
 // A denial from Redis is remembered locally until its RetryAfter passes, so
 // a client hammering a key that is over its limit is denied without a Redis
@@ -158,14 +182,22 @@ func NewRedis(client redis.UniversalClient, log *zap.Logger, opt RedisOptions) (
 // once, after at most a few milliseconds (a pooled connection Redis closed
 // gets one more try on a new one), so a Redis that refuses connections costs a
 // decision ~milliseconds before on_error applies, not its whole timeout.
+//
+// Every decision that needs a connection dials (bounded by its own deadline),
+// so the first decision after Redis is back reaches it: go-redis's own dial
+// retries (5, 100 ms apart) and its dial circuit breaker (after PoolSize
+// failed dials it stops dialing and probes once a second, which held Checks on
+// on_error for up to a second after a restart) are bypassed, see dialer.
 func NewRedisClient(addrs []string, cluster bool, password string) (redis.UniversalClient, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("ratelimit: no redis address")
 	}
+	dial := dialer(redis.NewDialer(&redis.Options{DialTimeout: dialTimeout}))
 	if cluster {
 		return redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: addrs, Password: password, ContextTimeoutEnabled: true,
 			MaxRetries: retries, MinRetryBackoff: minBackoff, MaxRetryBackoff: maxBackoff,
+			Dialer: dial, DialTimeout: dialTimeout,
 		}), nil
 	}
 	if len(addrs) > 1 {
@@ -174,8 +206,44 @@ func NewRedisClient(addrs []string, cluster bool, password string) (redis.Univer
 	return redis.NewClient(&redis.Options{
 		Addr: addrs[0], Password: password, ContextTimeoutEnabled: true,
 		MaxRetries: retries, MinRetryBackoff: minBackoff, MaxRetryBackoff: maxBackoff,
+		Dialer: dial, DialTimeout: dialTimeout,
 	}), nil
 }
+
+// dialTimeout bounds a dial without a sooner deadline (the warm-up PING);
+// a decision's dial is bounded by the decision's deadline.
+const dialTimeout = time.Second
+
+// dialer wraps go-redis's dialer so that a failed dial is not reported to the
+// pool as one: it returns a connection that fails every read and write with
+// the dial's error instead. The command that needed the connection fails just
+// the same (initializing the connection fails; it is then discarded), but the
+// pool does not count it, so it never opens its dial circuit breaker, which
+// would refuse to dial for up to a second after Redis is back.
+func dialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			// Not a *net.OpError: go-redis would retry a dial error, with its
+			// default backoff, inside the decision's budget.
+			return failedConn{err: errors.New(err.Error())}, nil
+		}
+		return c, nil
+	}
+}
+
+// failedConn is a connection whose dial failed: every read and write returns
+// the dial error.
+type failedConn struct{ err error }
+
+func (c failedConn) Read([]byte) (int, error)         { return 0, c.err }
+func (c failedConn) Write([]byte) (int, error)        { return 0, c.err }
+func (c failedConn) Close() error                     { return nil }
+func (c failedConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c failedConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c failedConn) SetDeadline(time.Time) error      { return nil }
+func (c failedConn) SetReadDeadline(time.Time) error  { return nil }
+func (c failedConn) SetWriteDeadline(time.Time) error { return nil }
 
 // Retries of the limiter's client: one, soon (go-redis's defaults are three,
 // backing off from 8 ms, which spends a 20 ms decision budget on a dead server).
@@ -205,6 +273,7 @@ func (r *Redis) Allow(ctx context.Context, key string, rate apikey.Rate) (Decisi
 	if err != nil {
 		return Decision{}, err
 	}
+	iv, tau = min(iv, maxSpan), min(tau, maxSpan)
 	if d, ok := r.cached(key, rate); ok {
 		r.hits.Add(1)
 		return d, nil
@@ -213,6 +282,9 @@ func (r *Redis) Allow(ctx context.Context, key string, rate apikey.Rate) (Decisi
 		return r.fail(ctx, rate, iv, err)
 	}
 	res, err := r.eval(ctx, r.opt.Prefix+":{"+key+"}", iv, tau)
+	if err == nil && res[0] == -1 {
+		err = errLate
+	}
 	if err != nil {
 		return r.fail(ctx, rate, iv, err)
 	}
@@ -247,21 +319,21 @@ func (r *Redis) Close() error {
 // eval queues one decision (EVALSHA, or EVAL when Redis does not have the
 // script) and waits for its reply until the decision's deadline: Timeout
 // from now, or ctx's deadline when that is sooner.
-func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([3]int64, error) {
+func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([4]int64, error) {
 	deadline := time.Now().Add(r.opt.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	q, err := r.batch.queueFor(key, deadline)
 	if err != nil {
-		return [3]int64{}, err
+		return [4]int64{}, err
 	}
 	c := newCall(key, iv, tau, deadline)
 	c.timer.Reset(time.Until(deadline))
 	if !q.add(c) {
 		c.timer.Stop()
 		c.release()
-		return [3]int64{}, errClosed
+		return [4]int64{}, errClosed
 	}
 	var stop error
 	select {
@@ -278,7 +350,7 @@ func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([3]int64, 
 		stop = nil
 	}
 	if stop != nil {
-		return [3]int64{}, stop // the executor may still hold c: not reused
+		return [4]int64{}, stop // the executor may still hold c: not reused
 	}
 	res, err := c.res, c.err
 	c.release()

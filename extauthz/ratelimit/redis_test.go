@@ -247,3 +247,47 @@ func TestRedisDenyCacheOff(t *testing.T) {
 		t.Fatal("disabled cache answered")
 	}
 }
+
+// TestRedisRefusedDialsEveryTime makes 100 decisions against a port that
+// refuses connections, with a generous timeout: each answers by the on-error
+// policy at once (no dial retries with backoff inside its budget), and the
+// client keeps dialing (no dial circuit breaker): the moment a server listens
+// there, the next decision reaches it.
+func TestRedisRefusedDialsEveryTime(t *testing.T) {
+	addr := closedAddr(t)
+	c := newClient(t, addr)
+	r := newRedis(t, c, zap.NewNop(), RedisOptions{Timeout: time.Second, OnError: OnErrorDeny})
+	var slowest time.Duration
+	for i := range 100 {
+		start := time.Now()
+		if _, err := r.Allow(context.Background(), "k", rate240); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("call %d: %v, want ErrUnavailable", i, err)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	if slowest > 50*time.Millisecond {
+		t.Fatalf("a refused decision took %v with a 1s budget, want an immediate on_error answer", slowest)
+	}
+	// A server comes up on the address: the next dial reaches it (its reply is
+	// not Redis's, so the decision still fails, but over a connection).
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen on %s again: %v", addr, err)
+	}
+	defer l.Close()
+	accepted := make(chan struct{})
+	go func() {
+		if conn, err := l.Accept(); err == nil {
+			close(accepted)
+			conn.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, _ = r.Allow(ctx, "k", rate240)
+	select {
+	case <-accepted:
+	case <-time.After(time.Second):
+		t.Fatal("no dial after 100 refused ones: the client stopped dialing")
+	}
+}

@@ -62,8 +62,8 @@ func cluster(t *testing.T, n int, storeURL, ratelimit string) []*replica {
 
 // redisConfig is the ratelimit block. The exactness tests use a generous timeout:
 // they test atomicity, and on this loaded 2-core machine a 20 ms budget is sometimes
-// missed, which turns a decision into the on_error answer (after Redis may already
-// have counted it). The outage test uses the production default, 20 ms.
+// missed, which turns a decision into the on_error answer. The outage and fault
+// tests use the production default, 20 ms.
 func redisConfig(addrs []string, cluster bool, onError string, timeout time.Duration) string {
 	q := make([]string, len(addrs))
 	for i, a := range addrs {
@@ -232,7 +232,7 @@ func TestRedisOutage(t *testing.T) {
 			fresh := r.kz.CreateKey(t, "acme-"+policy, "fresh")
 			r.mustCheck(t, fresh.Secret) // cache the key record; only Redis is under test
 			rd.Stop()
-			want := map[string]int{"deny": 429, "allow": 200}[policy]
+			want := map[string]int{"deny": 503, "allow": 200}[policy] // an outage is not a limit: never 429
 			var worst time.Duration
 			took := make([]time.Duration, 0, 200)
 			for i := 0; i < 200; i++ {
@@ -244,6 +244,10 @@ func TestRedisOutage(t *testing.T) {
 				if c != want {
 					t.Fatalf("redis down, on_error %s: status %d, want %d", policy, c, want)
 				}
+			}
+			if policy == "deny" {
+				wantOutage(t, r.answer(t, fresh.Secret))
+				wantMetric(t, r, `keyauthz_checks_total{reason="limiter_unavailable",result="denied"}`)
 			}
 			slices.Sort(took)
 			t.Logf("redis down: 200 checks, median %v, slowest %v", took[len(took)/2], worst)
@@ -266,6 +270,23 @@ func TestRedisOutage(t *testing.T) {
 			})
 		})
 	}
+}
+
+// wantMetric asserts r's /metrics has a non-zero sample named series.
+func wantMetric(t *testing.T, r *replica, series string) {
+	t.Helper()
+	resp, err := http.Get("http://" + r.kz.HTTPAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok && v != "0" {
+			return
+		}
+	}
+	t.Fatalf("/metrics has no non-zero %s", series)
 }
 
 func readyz(t *testing.T, r *replica) string {

@@ -60,6 +60,25 @@ type KeyauthzOptions struct {
 	StoreURL string
 	// PepperFile replaces the fresh private pepper (replicas sharing a store share it).
 	PepperFile string
+	// Codec is grpc.codec, "fast" or "standard"; empty means CodecEnv's value, else "fast".
+	Codec string
+}
+
+// CodecEnv selects grpc.codec when the options name none: "fast" (default) or "standard".
+const CodecEnv = "KEYAUTHZ_E2E_CODEC"
+
+// applyCodec fills o.Codec from CodecEnv, defaulting to "fast".
+func applyCodec(t testing.TB, o *KeyauthzOptions) {
+	if o.Codec == "" {
+		o.Codec = os.Getenv(CodecEnv)
+	}
+	switch o.Codec {
+	case "":
+		o.Codec = "fast"
+	case "fast", "standard":
+	default:
+		t.Fatalf("codec %q (%s): want fast or standard", o.Codec, CodecEnv)
+	}
 }
 
 // BackendEnv selects the stores StartKeyauthz uses when the options name none:
@@ -92,6 +111,7 @@ type Keyauthz struct {
 	GRPCAddr string // "127.0.0.1:PORT" or "unix:///path"
 	HTTPAddr string // "127.0.0.1:PORT": /healthz, /readyz
 	Log      string // path of the server's log (all runs appended)
+	Codec    string // grpc.codec in the config: "fast" or "standard"
 
 	proc *process
 }
@@ -116,6 +136,8 @@ func StartKeyauthz(t testing.TB, o KeyauthzOptions) *Keyauthz {
 	k.Config = filepath.Join(k.Dir, "keyauthz.yaml")
 	k.Log = filepath.Join(k.Dir, "keyauthz.log")
 	applyBackend(t, &o)
+	applyCodec(t, &o)
+	k.Codec = o.Codec
 	if o.PepperFile == "" {
 		o.PepperFile = filepath.Join(k.Dir, "pepper")
 		pepper := make([]byte, 48)
@@ -138,6 +160,7 @@ func StartKeyauthz(t testing.TB, o KeyauthzOptions) *Keyauthz {
 	cfg := fmt.Sprintf(`grpc:
   listen: %q
   drain_timeout: 2s
+  codec: %q
 http:
   listen: %q
 store:
@@ -147,7 +170,7 @@ pepper:
   versions: [{version: 1, file: %q}]
 log:
   level: debug
-%s`, k.GRPCAddr, k.HTTPAddr, o.StoreURL, o.PepperFile, o.Extra)
+%s`, k.GRPCAddr, o.Codec, k.HTTPAddr, o.StoreURL, o.PepperFile, o.Extra)
 	if err := os.WriteFile(k.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatalf("write keyauthz config: %v", err)
 	}
@@ -209,6 +232,16 @@ func (k *Keyauthz) Stop(t testing.TB) {
 	if err := k.proc.stop(10 * time.Second); err != nil {
 		t.Fatalf("stop keyauthz: %v", err)
 	}
+}
+
+// Kill kills keyauthz with SIGKILL (a crash: no drain, no flush) and waits
+// for it to exit; Start runs it again.
+func (k *Keyauthz) Kill(t testing.TB) {
+	t.Helper()
+	if k.proc == nil {
+		t.Fatalf("keyauthz is not running")
+	}
+	k.proc.kill()
 }
 
 // Run runs a keyauthz CLI command with this server's --config and returns its

@@ -31,6 +31,11 @@ const (
 // redisStartTimeout bounds how long a server or a cluster may take to come up.
 const redisStartTimeout = 15 * time.Second
 
+// redisPingEvery is how often start polls a starting server with PING: finely,
+// so that Start returns right when the server answers (tests measure recovery
+// from that moment).
+const redisPingEvery = time.Millisecond
+
 // RedisProc is one redis-server process on 127.0.0.1 with no persistence.
 // It can be stopped, paused and started again on the same port; its log is
 // printed when the test fails.
@@ -143,7 +148,8 @@ func startRedis(t testing.TB, cluster bool) *RedisProc {
 func (p *RedisProc) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port)) }
 
 // Start starts the server again on the same port after Stop (its data is
-// gone: there is no persistence). It is a no-op while the server runs.
+// gone: there is no persistence) and returns as soon as it answers PING
+// (polled every millisecond). It is a no-op while the server runs.
 func (p *RedisProc) Start() {
 	p.t.Helper()
 	if err := p.start(); err != nil {
@@ -206,7 +212,7 @@ func (p *RedisProc) start() error {
 			proc.kill()
 			return fmt.Errorf("redis-server on port %d not answering within %s: %v\n%s", p.port, redisStartTimeout, err, p.logTail())
 		}
-		time.Sleep(pollEvery)
+		time.Sleep(redisPingEvery)
 	}
 	p.proc = proc
 	return nil

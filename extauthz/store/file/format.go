@@ -189,6 +189,9 @@ func (e Entry) record() (*record, error) {
 		if r.key.RateLimit, err = apikey.ParseRate(e.RateLimit); err != nil {
 			return nil, fmt.Errorf("rate_limit: %w", err)
 		}
+		if err := r.key.RateLimit.Check(); err != nil {
+			return nil, fmt.Errorf("rate_limit: %w", err)
+		}
 	}
 	return r, nil
 }

@@ -12,9 +12,12 @@ import (
 )
 
 const (
-	// listenMinBackoff and listenMaxBackoff bound the wait between reconnection attempts.
-	listenMinBackoff = 100 * time.Millisecond
-	listenMaxBackoff = 5 * time.Second
+	// listenMinBackoff and listenMaxBackoff bound the wait between reconnection
+	// attempts. The cap is short: until LISTEN is back, changes reach this
+	// replica only by polling, and a reconnection attempt costs PostgreSQL one
+	// refused or authenticated connection a second per replica.
+	listenMinBackoff = 50 * time.Millisecond
+	listenMaxBackoff = time.Second
 	// listenPingTimeout bounds the liveness check of an idle listening connection.
 	listenPingTimeout = 5 * time.Second
 )
@@ -25,13 +28,25 @@ const (
 // (re)connected, since changes made while it was not listening sent
 // notifications nobody received: the callback is meant to read the change feed
 // (keycache.Follower.Poll), which stays the source of truth. A lost connection
-// is retried with exponential backoff (100 ms to 5 s); an idle connection is
+// is retried with exponential backoff (50 ms to 1 s); an idle connection is
 // pinged every 30 s so that a silently dead one is noticed. onChange runs on
 // Listen's goroutine, one call at a time. Listen returns nil when ctx is done
 // or the store is closed; it returns an error only for a nil onChange.
 func (s *Store) Listen(ctx context.Context, onChange func()) error {
+	return s.ListenState(ctx, onChange, nil)
+}
+
+// ListenState is Listen that also reports whether notifications are being
+// delivered: onState(true) once LISTEN is in place (before the catch-up
+// onChange), onState(false) as soon as the connection is lost or cannot be
+// made, so the caller can poll the change feed faster meanwhile. A nil onState
+// is Listen. onState runs on Listen's goroutine and must not block.
+func (s *Store) ListenState(ctx context.Context, onChange func(), onState func(listening bool)) error {
 	if onChange == nil {
 		return errors.New("postgres listen: nil onChange")
+	}
+	if onState == nil {
+		onState = func(bool) {}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -45,10 +60,11 @@ func (s *Store) Listen(ctx context.Context, onChange func()) error {
 	backoff := listenMinBackoff
 	failing := false
 	for {
-		connected, err := s.listen(ctx, onChange)
+		connected, err := s.listen(ctx, onChange, onState)
 		if ctx.Err() != nil {
 			return nil
 		}
+		onState(false)
 		if connected {
 			backoff = listenMinBackoff
 		}
@@ -74,7 +90,7 @@ func (s *Store) Listen(ctx context.Context, onChange func()) error {
 
 // listen connects, LISTENs, calls onChange once and then per notification, until
 // the connection fails or ctx is done. connected says whether LISTEN succeeded.
-func (s *Store) listen(ctx context.Context, onChange func()) (connected bool, err error) {
+func (s *Store) listen(ctx context.Context, onChange func(), onState func(bool)) (connected bool, err error) {
 	conn, err := pgx.ConnectConfig(ctx, s.conn.Copy())
 	if err != nil {
 		return false, fmt.Errorf("postgres listen: %w", err)
@@ -88,6 +104,7 @@ func (s *Store) listen(ctx context.Context, onChange func()) (connected bool, er
 		return false, fmt.Errorf("postgres listen: %w", err)
 	}
 	s.log.Debug("change listener connected", zap.String("channel", Channel))
+	onState(true)
 	onChange() // catch up with what happened while nobody listened
 	for {
 		wctx, cancel := context.WithTimeout(ctx, s.listenIdle)

@@ -31,7 +31,6 @@ import (
 	"github.com/keyauthz/keyauthz/extauthz/store/internal/row"
 	"io"
 	"net"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,6 +42,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
 
@@ -62,7 +62,13 @@ const (
 type Options struct {
 	MaxConns         int32         // pool size (0: the URL's pool_max_conns or pgx's default)
 	StatementTimeout time.Duration // server-side statement_timeout per connection (0: server default)
+	// MigrateLockTimeout bounds Migrate's wait for the migration lock another
+	// replica holds; it replaces StatementTimeout for that wait only (0: DefaultMigrateLockTimeout).
+	MigrateLockTimeout time.Duration
 }
+
+// DefaultMigrateLockTimeout is the migration lock wait when Options set none.
+const DefaultMigrateLockTimeout = time.Minute
 
 // Store is an apikey.Store backed by PostgreSQL.
 type Store struct {
@@ -71,6 +77,7 @@ type Store struct {
 	log  *zap.Logger
 
 	listenIdle time.Duration // how long Listen waits for a notification before pinging
+	lockWait   time.Duration // how long Migrate waits for the migration lock
 
 	closeOnce sync.Once
 	done      chan struct{} // closed by Close
@@ -82,13 +89,18 @@ func Open(ctx context.Context, url string, log *zap.Logger, opt Options) (*Store
 	if log == nil {
 		log = zap.NewNop()
 	}
-	safe := Redact(url)
+	safe := config.RedactURL(url)
+	secrets, parsable := config.URLSecrets(url)
+	if !parsable { // no message about it could be shown safely, not even pgx's
+		return nil, fmt.Errorf("postgres url %s: cannot be parsed unambiguously (percent-encode reserved characters such as @ : / ? # in the password)", safe)
+	}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return nil, fmt.Errorf("postgres url %s: %s", safe, scrub(err.Error(), passwords(url)...))
+		return nil, fmt.Errorf("postgres url %s: %s", safe, scrub(err.Error(), secrets...))
 	}
-	if opt.MaxConns < 0 || opt.StatementTimeout < 0 {
-		return nil, fmt.Errorf("postgres %s: negative max conns (%d) or statement timeout (%v)", safe, opt.MaxConns, opt.StatementTimeout)
+	if opt.MaxConns < 0 || opt.StatementTimeout < 0 || opt.MigrateLockTimeout < 0 {
+		return nil, fmt.Errorf("postgres %s: negative max conns (%d), statement timeout (%v) or migrate lock timeout (%v)",
+			safe, opt.MaxConns, opt.StatementTimeout, opt.MigrateLockTimeout)
 	}
 	if opt.MaxConns > 0 {
 		cfg.MaxConns = opt.MaxConns
@@ -104,7 +116,7 @@ func Open(ctx context.Context, url string, log *zap.Logger, opt Options) (*Store
 	if cc.ConnectTimeout == 0 {
 		cc.ConnectTimeout = defaultConnectTimeout
 	}
-	pw := append(passwords(url), cc.Password)
+	pw := append(secrets, cc.Password)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, redacted(fmt.Errorf("postgres %s: %w", safe, err), pw)
@@ -114,7 +126,11 @@ func Open(ctx context.Context, url string, log *zap.Logger, opt Options) (*Store
 		conn:       cc.Copy(),
 		log:        log.Named("postgres"),
 		listenIdle: 30 * time.Second,
+		lockWait:   opt.MigrateLockTimeout,
 		done:       make(chan struct{}),
+	}
+	if s.lockWait == 0 {
+		s.lockWait = DefaultMigrateLockTimeout
 	}
 	if err := s.Migrate(ctx); err != nil {
 		pool.Close()
@@ -201,6 +217,29 @@ func (s *Store) lost(err error) bool {
 	return true
 }
 
+// Transient reports whether an Open error may clear by itself, so that opening
+// again later is worthwhile: the server could not be reached (refused, timed out,
+// name not resolved, connection dropped), is starting up or shutting down, or
+// has no free connection slot. A bad URL, a refused login, a missing database
+// or a schema newer than this binary are not transient.
+func Transient(err error) bool {
+	var (
+		pe  *pgconn.PgError
+		pce *pgconn.ParseConfigError
+		ne  net.Error
+	)
+	switch {
+	case err == nil, errors.Is(err, context.Canceled), errors.As(err, &pce):
+		return false
+	case errors.As(err, &pe):
+		// 53300 too_many_connections; 57P01-03 admin/crash shutdown, cannot_connect_now; class 08: connection exception.
+		return pe.Code == "53300" || strings.HasPrefix(pe.Code, "57P") || strings.HasPrefix(pe.Code, "08")
+	}
+	return errors.As(err, &ne) || pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+}
+
 // connLost reports whether err comes from a connection that broke (not from a
 // failed connection attempt, a statement, or a context).
 func connLost(err error) bool {
@@ -224,70 +263,6 @@ func connLost(err error) bool {
 
 // ---------------------------------------------------------------- secrets in URLs
 
-var (
-	urlUserinfo = regexp.MustCompile(`^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/?#]*)@`)
-	dsnPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']*)`)
-	urlPassword = regexp.MustCompile(`(?i)([?&]password=)([^&#]*)`)
-)
-
-// Redact returns url with any password replaced by "xxxxx": the userinfo
-// password of a URL, a password query parameter, or a DSN's password=… field.
-func Redact(url string) string {
-	if m := urlUserinfo.FindStringSubmatchIndex(url); m != nil {
-		info := url[m[4]:m[5]]
-		if user, _, ok := strings.Cut(info, ":"); ok {
-			url = url[:m[4]] + user + ":xxxxx" + url[m[5]:]
-		}
-	}
-	if isURL(url) {
-		return urlPassword.ReplaceAllString(url, "${1}xxxxx")
-	}
-	return dsnPassword.ReplaceAllString(url, "${1}xxxxx")
-}
-
-// isURL tells a URL (postgres://…) from a key=value DSN.
-func isURL(s string) bool { return strings.Contains(s, "://") }
-
-// passwords returns the password strings url may hold, raw and decoded, best effort.
-func passwords(url string) []string {
-	var out []string
-	if m := urlUserinfo.FindStringSubmatch(url); m != nil {
-		if _, pw, ok := strings.Cut(m[2], ":"); ok {
-			out = append(out, pw)
-		}
-	}
-	if isURL(url) {
-		for _, m := range urlPassword.FindAllStringSubmatch(url, -1) {
-			out = append(out, m[2])
-		}
-	} else {
-		for _, m := range dsnPassword.FindAllStringSubmatch(url, -1) {
-			out = append(out, m[2], strings.Trim(m[2], "'"))
-		}
-	}
-	var all []string
-	for _, pw := range out {
-		all = append(all, pw, percentDecode(pw))
-	}
-	return all
-}
-
-// percentDecode decodes %XX escapes, leaving malformed ones as they are.
-func percentDecode(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' && i+2 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 2
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // redactedError is an error whose message had the passwords scrubbed; it still
 // unwraps to the original (whose own message holds no password either: pgx
 // never prints one outside a connection string, and those are not wrapped here).
@@ -307,8 +282,8 @@ func redacted(err error, passwords []string) error {
 // scrub replaces every occurrence of the given secrets in msg.
 func scrub(msg string, secrets ...string) string {
 	for _, sec := range secrets {
-		if len(sec) >= 1 && sec != "xxxxx" {
-			msg = strings.ReplaceAll(msg, sec, "xxxxx")
+		if len(sec) >= 1 && sec != config.Redacted {
+			msg = strings.ReplaceAll(msg, sec, config.Redacted)
 		}
 	}
 	return msg
@@ -675,7 +650,9 @@ func (s *Store) Rehash(ctx context.Context, old, d apikey.Digest) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM digests WHERE digest = $1`, old.Sum[:]); err != nil {
 			return fmt.Errorf("postgres rehash: drop digest: %w", err)
 		}
-		return appendChange(ctx, tx, row.Now(), id, apikey.Rehashed, [][32]byte{old.Sum})
+		// The new digest too: caches may hold a negative entry for it from
+		// before the move, which would deny the key once old is gone.
+		return appendChange(ctx, tx, row.Now(), id, apikey.Rehashed, [][32]byte{d.Sum, old.Sum})
 	})
 }
 

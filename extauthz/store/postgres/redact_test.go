@@ -9,37 +9,27 @@ import (
 
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/config"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func TestRedact(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{"postgres://u:s3cret@db:5432/k?sslmode=disable", "postgres://u:xxxxx@db:5432/k?sslmode=disable"},
-		{"postgresql://u:p%40ss@db/k", "postgresql://u:xxxxx@db/k"},
-		{"postgres://u@db/k", "postgres://u@db/k"},
-		{"postgres://db/k?user=u&password=s3cret&sslmode=require", "postgres://db/k?user=u&password=xxxxx&sslmode=require"},
-		{"host=db user=u password=s3cret dbname=k", "host=db user=u password=xxxxx dbname=k"},
-		{"host=db password='s3 cret' dbname=k", "host=db password=xxxxx dbname=k"},
-		{"postgres://u:a@b@db/k", "postgres://u:xxxxx@db/k"},
-	}
-	for _, c := range cases {
-		if got := Redact(c.in); got != c.want {
-			t.Errorf("Redact(%q) = %q, want %q", c.in, got, c.want)
-		}
-	}
-}
-
-func TestPasswordsAndScrub(t *testing.T) {
+func TestSecretsScrub(t *testing.T) {
 	for _, c := range []struct{ url, secret string }{
 		{"postgres://u:p%40ss@db/k", "p@ss"},
 		{"postgres://u:p%40ss@db/k", "p%40ss"},
 		{"host=db password='s3 cret'", "s3 cret"},
 		{"postgres://db/k?password=hunter2", "hunter2"},
+		{"postgres://db/k?sslpassword=hunter%33", "hunter3"},
 	} {
-		msg := scrub("failed: "+c.secret+" here", passwords(c.url)...)
+		secrets, ok := config.URLSecrets(c.url)
+		if !ok {
+			t.Fatalf("URLSecrets(%q): not parsable", c.url)
+		}
+		msg := scrub("failed: "+c.secret+" here", secrets...)
 		if strings.Contains(msg, c.secret) {
-			t.Errorf("scrub with passwords(%q) left %q in %q", c.url, c.secret, msg)
+			t.Errorf("scrub with URLSecrets(%q) left %q in %q", c.url, c.secret, msg)
 		}
 	}
 }
@@ -56,6 +46,13 @@ func TestOpenErrorsHidePassword(t *testing.T) {
 		"bad option":     "postgres://u:" + pw + "@127.0.0.1:1/k?pool_max_conns=x",
 		"refused":        "postgres://u:" + pw + "@127.0.0.1:1/k?sslmode=disable&connect_timeout=2",
 		"refused in dsn": "host=127.0.0.1 port=1 user=u password=" + pw + " sslmode=disable",
+		"query password": "postgres://u@127.0.0.1:1/k?sslmode=disable&password=" + pw,
+		"query bad port": "postgres://u@127.0.0.1:x/k?password=" + pw,
+		"slash in pw":    "postgres://u:ab/" + pw + "@127.0.0.1/k",
+		"hash in pw":     "postgres://u:" + pw + "#x@127.0.0.1/k",
+		"at in pw":       "postgres://u:x@" + pw + "@127.0.0.1:1/k?sslmode=disable",
+		"at in query":    "postgres://127.0.0.1:1?sslmode=disable&password=x@" + pw,
+		"unterminated":   "host=127.0.0.1 password='" + pw,
 	} {
 		t.Run(name, func(t *testing.T) {
 			s, err := Open(ctx, url, zap.NewNop(), Options{})

@@ -2,10 +2,13 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 )
 
@@ -85,8 +88,25 @@ const migrateLock int64 = 0x6b65796175746878 // "keyauthx"
 func (s *Store) Migrate(ctx context.Context) error {
 	var applied []int
 	err := s.write(ctx, func(tx pgx.Tx) error {
+		// The wait for the lock has its own bound: another replica holds it for as
+		// long as its migrations take, which statement_timeout is not meant to cover.
+		var stmtTimeout string
+		if err := tx.QueryRow(ctx, `SELECT current_setting('statement_timeout')`).Scan(&stmtTimeout); err != nil {
+			return fmt.Errorf("read statement_timeout: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`,
+			strconv.FormatInt(max(s.lockWait.Milliseconds(), 1), 10)); err != nil {
+			return fmt.Errorf("set migration lock timeout: %w", err)
+		}
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLock); err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "57014" && ctx.Err() == nil { // query_canceled: the timeout
+				return fmt.Errorf("lock schema: another session held the migration lock for longer than %v (store.migrate_lock_timeout): %w", s.lockWait, err)
+			}
 			return fmt.Errorf("lock schema: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, stmtTimeout); err != nil {
+			return fmt.Errorf("restore statement_timeout: %w", err)
 		}
 		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 			version    INTEGER PRIMARY KEY,

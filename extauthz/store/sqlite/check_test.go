@@ -69,8 +69,16 @@ func TestCheckReaderAgreesWithLookup(t *testing.T) {
 		}
 	}
 
+	// Past 2262-04-11, where Unix nanoseconds wrap, up to the end of 9999.
+	var far []apikey.NewKey
+	for name, at := range storetest.FarFutureTimes {
+		far = append(far,
+			create("not-before-"+name, func(k *apikey.Key) { k.NotBefore = at }),
+			create("expires-"+name, func(k *apikey.Key) { k.ExpiresAt = at }))
+	}
+
 	r := s.CheckReader()
-	for _, nk := range []apikey.NewKey{plain, full, revoked, graceNear, graceFar} {
+	for _, nk := range append([]apikey.NewKey{plain, full, revoked, graceNear, graceFar}, far...) {
 		want, err := s.Lookup(ctx, nk.Digest)
 		if err != nil {
 			t.Fatalf("Lookup(%s): %v", nk.Key.Name, err)

@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"github.com/keyauthz/keyauthz/extauthz/store/internal/row"
+	"io/fs"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +56,9 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 	}
 	if log == nil {
 		log = zap.NewNop()
+	}
+	if err := createPrivate(path, log); err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	w, err := sql.Open("sqlite", dsn(path, true))
 	if err != nil {
@@ -491,7 +496,9 @@ func (s *Store) Rehash(ctx context.Context, old, d apikey.Digest) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM digests WHERE digest = ?`, old.Sum[:]); err != nil {
 			return fmt.Errorf("sqlite rehash: drop digest: %w", err)
 		}
-		return addChange(ctx, tx, row.Now(), id, apikey.Rehashed, [][32]byte{old.Sum})
+		// The new digest too: caches may hold a negative entry for it from
+		// before the move, which would deny the key once old is gone.
+		return addChange(ctx, tx, row.Now(), id, apikey.Rehashed, [][32]byte{d.Sum, old.Sum})
 	})
 }
 
@@ -563,6 +570,31 @@ func addEvent(ctx context.Context, tx *sql.Tx, e apikey.Event) error {
 	if _, err := tx.ExecContext(ctx, `INSERT INTO audit (at, kind, workspace, key_id, actor, detail)
 		VALUES (?, ?, ?, ?, ?, ?)`, e.At.UnixMicro(), e.Kind, e.Workspace, e.KeyID, e.Actor, e.Detail); err != nil {
 		return fmt.Errorf("sqlite record audit event: %w", err)
+	}
+	return nil
+}
+
+// createPrivate creates the database file, if it does not exist yet, with mode
+// 0600: SQLite gives its -wal and -shm files the database file's mode, and
+// left to itself it would create all three 0644 (under the usual umask). An
+// existing file keeps its mode; a warning says when others may read it.
+func createPrivate(path string, log *zap.Logger) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case err == nil:
+		return f.Close()
+	case !errors.Is(err, fs.ErrExist):
+		return err
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return errors.New("is a directory, not a database file")
+	case fi.Mode().IsRegular() && fi.Mode().Perm()&0o077 != 0:
+		log.Warn("database file is accessible to group or others; chmod 600 it (its -wal and -shm files follow)",
+			zap.String("file", path), zap.String("mode", fmt.Sprintf("%#o", fi.Mode().Perm())))
 	}
 	return nil
 }

@@ -99,6 +99,7 @@ func (h harness) runRead(t *testing.T) {
 	t.Run("List", func(t *testing.T) { h.testList(t) })
 	t.Run("Lookup", func(t *testing.T) { h.testLookup(t) })
 	t.Run("RoundTrip", func(t *testing.T) { h.testRoundTrip(t) })
+	t.Run("FarFutureTimes", func(t *testing.T) { h.testFarFutureTimes(t) })
 	t.Run("ChangesConsistent", func(t *testing.T) { h.testChangesConsistent(t) })
 	t.Run("Audit", func(t *testing.T) { h.testAudit(t) })
 	t.Run("PingClose", func(t *testing.T) { h.testPingClose(t) })
@@ -431,6 +432,93 @@ func (h harness) testRoundTrip(t *testing.T) {
 				t.Fatalf("Lookup: %v", err)
 			}
 			sameKey(t, l, sd.Key)
+		})
+	}
+}
+
+// FarFutureTimes are the dates past 2262-04-11 (where Unix nanoseconds in an
+// int64 wrap) up to the last second RFC 3339 can write: the admin API accepts
+// them, so every store must keep them exactly and Valid must compare them right.
+var FarFutureTimes = map[string]time.Time{
+	"2262-04-12":           time.Date(2262, 4, 12, 0, 0, 0, 0, time.UTC),
+	"2300-01-01":           time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC),
+	"9999-12-31T23:59:59Z": time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
+}
+
+// testFarFutureTimes stores keys not valid before, or expiring at, each of
+// FarFutureTimes and checks Get, List and Lookup give the times back exactly and
+// that the keys are valid (expires_at) or not yet valid (not_before) now and on
+// either side of the boundary.
+func (h harness) testFarFutureTimes(t *testing.T) {
+	type tc struct {
+		field string
+		at    time.Time
+		seed  Seed
+	}
+	var (
+		cases []tc
+		seeds []Seed
+	)
+	for name, at := range FarFutureTimes {
+		for _, field := range []string{"not_before", "expires_at"} {
+			nk := NewKey(t, "far", field+" "+name)
+			if field == "not_before" {
+				nk.Key.NotBefore = at
+			} else {
+				nk.Key.ExpiresAt = at
+			}
+			sd := Seed{Key: nk.Key, Digest: nk.Digest}
+			seeds = append(seeds, sd)
+			cases = append(cases, tc{field, at, sd})
+		}
+	}
+	s := h.open(t, seeds)
+	listed, err := s.List(ctx(t), "far", "", 100)
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	for _, c := range cases {
+		t.Run(c.seed.Key.Name, func(t *testing.T) {
+			g, err := s.Get(ctx(t), c.seed.Key.ID)
+			if err != nil {
+				t.Fatalf("Get: %v", err)
+			}
+			l, err := s.Lookup(ctx(t), c.seed.Digest)
+			if err != nil {
+				t.Fatalf("Lookup: %v", err)
+			}
+			i := slices.IndexFunc(listed, func(k apikey.Key) bool { return k.ID == c.seed.Key.ID })
+			if i < 0 {
+				t.Fatalf("List lacks the key")
+			}
+			for from, k := range map[string]apikey.Key{"Get": g, "Lookup": l, "List": listed[i]} {
+				got, other := k.NotBefore, k.ExpiresAt
+				if c.field == "expires_at" {
+					got, other = k.ExpiresAt, k.NotBefore
+				}
+				if !got.Equal(c.at) || got.Location() != time.UTC {
+					t.Errorf("%s: %s = %v, want exactly %v (UTC)", from, c.field, got, c.at)
+				}
+				if !other.IsZero() {
+					t.Errorf("%s: the other time = %v, want zero", from, other)
+				}
+			}
+			// Valid on either side of the boundary, and now.
+			at := c.at
+			var before, after, now error
+			if c.field == "not_before" {
+				before, after, now = apikey.ErrNotYetValid, nil, apikey.ErrNotYetValid
+			} else {
+				before, after, now = nil, apikey.ErrExpired, nil
+			}
+			for when, want := range map[string]struct {
+				t   time.Time
+				err error
+			}{"1ns before": {at.Add(-time.Nanosecond), before}, "at": {at, after}, "now": {time.Now(), now}} {
+				if err := l.Valid(want.t); err != want.err {
+					t.Errorf("Lookup key Valid(%s %s) = %v, want %v", when, c.field, err, want.err)
+				}
+			}
 		})
 	}
 }
@@ -810,9 +898,26 @@ func testDelete(t *testing.T, s apikey.Store) {
 func testRehash(t *testing.T, s apikey.Store) {
 	nk := NewKey(t, "acme", "ci")
 	mustCreate(t, s, nk)
+	start, err := s.LastSeq(ctx(t))
+	if err != nil {
+		t.Fatalf("LastSeq: %v", err)
+	}
 	v2 := NewDigest(t, 2)
 	if err := s.Rehash(ctx(t), nk.Digest, v2); err != nil {
 		t.Fatalf("Rehash: %v", err)
+	}
+	// Every replica must drop both digests: the old one's positive entries, and
+	// the new one's negative entries (a Check that missed under the new pepper
+	// before the move), else the key is denied until the negative TTL ends.
+	chs, err := s.Changes(ctx(t), start, 100)
+	if err != nil {
+		t.Fatalf("Changes: %v", err)
+	}
+	if len(chs) != 1 || chs[0].Kind != apikey.Rehashed || chs[0].KeyID != nk.Key.ID {
+		t.Fatalf("Changes after Rehash = %+v, want one Rehashed entry for %s", chs, nk.Key.ID)
+	}
+	if !hasDigest(chs[0].Digests, nk.Digest) || !hasDigest(chs[0].Digests, v2) {
+		t.Errorf("Rehashed change digests = %x, want the old and the new digest", chs[0].Digests)
 	}
 	k, err := s.Lookup(ctx(t), v2)
 	if err != nil {

@@ -52,6 +52,10 @@ func run(addr string, workers uint32) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.StaticStreamWindowSize(1 << 20), // newGRPC's grpcWindow: fixed windows, no BDP PING per call
 		grpc.StaticConnWindowSize(1 << 20),
+		grpc.MaxHeaderListSize(64 << 10), // newGRPC's maxHeaderList
+		grpc.MaxConcurrentStreams(1024),  // grpc.max_concurrent_streams
+		// newGRPC's tap handle (grpc.request_timeout) is left out: for a call
+		// that carries a grpc-timeout, as the load generator's do, it reads the clock.
 	}
 	if workers > 0 {
 		opts = append(opts, grpc.NumStreamWorkers(workers))

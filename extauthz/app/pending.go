@@ -1,0 +1,231 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keyauthz/keyauthz/config"
+	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/store/postgres"
+)
+
+// Startup retry of a PostgreSQL store that cannot be reached yet: the first
+// retry after storeRetryMin, each wait then doubled up to storeRetryMax, with
+// ±20% jitter so that replicas started together spread their attempts.
+const (
+	storeRetryMin = 200 * time.Millisecond
+	storeRetryMax = 2 * time.Second
+)
+
+// errStoreStarting answers every store call while the store is not open yet.
+var errStoreStarting = errors.New("store not open yet: the database is not reachable")
+
+// openStoreAtStart opens the configured store for serve. A PostgreSQL server
+// that cannot be reached yet (refused, timed out, starting up) is not fatal:
+// the store returned is pending, answering errStoreStarting until Run opens
+// it (health NOT_SERVING and /readyz 503 meanwhile), so that a pod started
+// before its database waits instead of crash-looping. Any other failure, a
+// bad URL, a refused login, an unreadable SQLite file, is an error.
+func openStoreAtStart(ctx context.Context, cfg *config.Config, log *zap.Logger) (apikey.Store, error) {
+	s, err := openStore(ctx, cfg, log)
+	if err == nil {
+		return s, nil
+	}
+	if ctx.Err() == nil && isPostgresURL(cfg.Store.URL) && postgres.Transient(err) {
+		c := *cfg
+		p := &pendingStore{log: log, open: func(ctx context.Context) (apikey.Store, error) { return openStore(ctx, &c, log) }}
+		log.Warn("store not reachable yet; health stays NOT_SERVING while retrying",
+			zap.String("store", config.RedactURL(cfg.Store.URL)), zap.Error(err))
+		return p, nil
+	}
+	return nil, fmt.Errorf("open store %s: %w", config.RedactURL(cfg.Store.URL), err)
+}
+
+func isPostgresURL(u string) bool {
+	return strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://")
+}
+
+// pendingStore stands in for a store that could not be opened at start: every
+// call fails with errStoreStarting until openLoop has opened it, then every
+// call goes to it.
+type pendingStore struct {
+	log  *zap.Logger
+	open func(context.Context) (apikey.Store, error)
+
+	cur atomic.Pointer[storeRef] // nil until open
+
+	mu     sync.Mutex // guards closed against a late open
+	closed bool
+}
+
+type storeRef struct{ apikey.Store }
+
+var _ apikey.Store = (*pendingStore)(nil)
+
+// openLoop tries to open the store with capped, jittered backoff until it
+// opens (it returns the store), ctx ends (nil, nil), or an attempt fails with
+// an error that is not transient (that error).
+func (p *pendingStore) openLoop(ctx context.Context) (apikey.Store, error) {
+	delay := storeRetryMin
+	for attempt := 1; ; attempt++ {
+		t := time.NewTimer(time.Duration(float64(delay) * (0.8 + 0.4*rand.Float64())))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil
+		case <-t.C:
+		}
+		s, err := p.open(ctx)
+		if err == nil {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.closed {
+				_ = s.Close()
+				return nil, nil
+			}
+			p.cur.Store(&storeRef{s})
+			p.log.Info("store opened", zap.Int("attempts", attempt+1))
+			return s, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		if !postgres.Transient(err) {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		if attempt&(attempt-1) == 0 { // attempts 1, 2, 4, 8 …: the log stays short during a long outage
+			p.log.Warn("store still not reachable; retrying", zap.Int("attempt", attempt), zap.Error(err))
+		}
+		delay = min(2*delay, storeRetryMax)
+	}
+}
+
+func (p *pendingStore) get() (apikey.Store, error) {
+	if r := p.cur.Load(); r != nil {
+		return r.Store, nil
+	}
+	return nil, errStoreStarting
+}
+
+// Close closes the store if it was opened; a later open is closed at once.
+func (p *pendingStore) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	if r := p.cur.Load(); r != nil {
+		return r.Close()
+	}
+	return nil
+}
+
+func (p *pendingStore) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
+	s, err := p.get()
+	if err != nil {
+		return apikey.Key{}, err
+	}
+	return s.Lookup(ctx, d)
+}
+
+func (p *pendingStore) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error) {
+	s, err := p.get()
+	if err != nil {
+		return apikey.Key{}, err
+	}
+	return s.Create(ctx, nk)
+}
+
+func (p *pendingStore) Get(ctx context.Context, id string) (apikey.Key, error) {
+	s, err := p.get()
+	if err != nil {
+		return apikey.Key{}, err
+	}
+	return s.Get(ctx, id)
+}
+
+func (p *pendingStore) List(ctx context.Context, workspace, after string, limit int) ([]apikey.Key, error) {
+	s, err := p.get()
+	if err != nil {
+		return nil, err
+	}
+	return s.List(ctx, workspace, after, limit)
+}
+
+func (p *pendingStore) Refresh(ctx context.Context, id string, d apikey.Digest, display string, grace time.Duration, actor string) (apikey.Key, error) {
+	s, err := p.get()
+	if err != nil {
+		return apikey.Key{}, err
+	}
+	return s.Refresh(ctx, id, d, display, grace, actor)
+}
+
+func (p *pendingStore) Delete(ctx context.Context, id, actor string) error {
+	s, err := p.get()
+	if err != nil {
+		return err
+	}
+	return s.Delete(ctx, id, actor)
+}
+
+func (p *pendingStore) Rehash(ctx context.Context, old, d apikey.Digest) error {
+	s, err := p.get()
+	if err != nil {
+		return err
+	}
+	return s.Rehash(ctx, old, d)
+}
+
+func (p *pendingStore) Changes(ctx context.Context, after int64, limit int) ([]apikey.Change, error) {
+	s, err := p.get()
+	if err != nil {
+		return nil, err
+	}
+	return s.Changes(ctx, after, limit)
+}
+
+func (p *pendingStore) LastSeq(ctx context.Context) (int64, error) {
+	s, err := p.get()
+	if err != nil {
+		return 0, err
+	}
+	return s.LastSeq(ctx)
+}
+
+func (p *pendingStore) Touch(ctx context.Context, used map[string]time.Time) error {
+	s, err := p.get()
+	if err != nil {
+		return err
+	}
+	return s.Touch(ctx, used)
+}
+
+func (p *pendingStore) Audit(ctx context.Context, e apikey.Event) error {
+	s, err := p.get()
+	if err != nil {
+		return err
+	}
+	return s.Audit(ctx, e)
+}
+
+func (p *pendingStore) Events(ctx context.Context, workspace string, after int64, limit int) ([]apikey.Event, error) {
+	s, err := p.get()
+	if err != nil {
+		return nil, err
+	}
+	return s.Events(ctx, workspace, after, limit)
+}
+
+func (p *pendingStore) Ping(ctx context.Context) error {
+	s, err := p.get()
+	if err != nil {
+		return err
+	}
+	return s.Ping(ctx)
+}
