@@ -8,13 +8,12 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
-	"net/url"
 	"os"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
@@ -45,7 +44,7 @@ type GRPC struct {
 	DrainTimeout  time.Duration `yaml:"drain_timeout"`          // GracefulStop deadline
 	MaxStreams    uint32        `yaml:"max_concurrent_streams"` // per connection (default 1024); streams beyond are refused
 	KeepaliveTime time.Duration `yaml:"keepalive_time"`         // server pings idle connections
-	Codec         string        `yaml:"codec"`                  // fast (wire decoder, default) | standard (grpc-go proto codec)
+	Codec         Codec         `yaml:"codec"`                  // fast (wire decoder, default) | standard (grpc-go proto codec)
 	// RequestTimeout bounds a call that is slow to arrive: a unary call (Check,
 	// health Check) is answered DEADLINE_EXCEEDED when it has not been answered
 	// this long after its headers (a shorter grpc-timeout from the client stays
@@ -94,6 +93,9 @@ type Store struct {
 	// MigrateLockTimeout bounds how long a starting replica waits for the
 	// schema migration lock another replica holds (postgres).
 	MigrateLockTimeout time.Duration `yaml:"migrate_lock_timeout"`
+	// Password, optional, is the PostgreSQL password, read at start and put
+	// into the URL (which then holds none) when the store is opened.
+	Password Secret `yaml:"password"`
 }
 
 // Pepper names where the HMAC peppers come from; never the pepper itself.
@@ -102,11 +104,11 @@ type Pepper struct {
 	Versions []PepperVersion `yaml:"versions"`
 }
 
-// PepperVersion is one pepper, read from a file or an environment variable.
+// PepperVersion is one pepper, read from a file or an environment variable:
+// {version: 1, file: /path} or {version: 2, env: NAME}.
 type PepperVersion struct {
-	Version int    `yaml:"version"`
-	File    string `yaml:"file"`
-	Env     string `yaml:"env"`
+	Version int `yaml:"version"`
+	Secret  `yaml:",inline"`
 }
 
 // Keys is the issued key format and the lifecycle limits.
@@ -127,10 +129,10 @@ type Headers struct {
 
 // Response shapes deny bodies and rate-limit headers.
 type Response struct {
-	Body       string `yaml:"body"`         // json | problem
-	Realm      string `yaml:"realm"`        // WWW-Authenticate realm
-	RateHeader string `yaml:"rate_headers"` // legacy | ietf | both
-	Reset      string `yaml:"reset"`        // seconds | unix
+	Body        Body        `yaml:"body"`         // json | problem
+	Realm       string      `yaml:"realm"`        // WWW-Authenticate realm
+	RateHeaders RateHeaders `yaml:"rate_headers"` // legacy | ietf | both
+	Reset       Reset       `yaml:"reset"`        // seconds | unix
 }
 
 // Cache sizes the key cache.
@@ -143,19 +145,22 @@ type Cache struct {
 
 // RateLimit picks the limiter and its defaults.
 type RateLimit struct {
-	Backend string        `yaml:"backend"`  // local | redis
+	Backend Backend       `yaml:"backend"`  // local | redis
 	Default apikey.Rate   `yaml:"default"`  // 240/m
-	OnError string        `yaml:"on_error"` // allow | deny
+	OnError OnError       `yaml:"on_error"` // allow | deny
 	Timeout time.Duration `yaml:"timeout"`  // per limiter call
 	Redis   Redis         `yaml:"redis"`
 }
 
 // Redis is the shared limiter's server or cluster.
 type Redis struct {
-	Addrs        []string `yaml:"addrs"`
-	Cluster      bool     `yaml:"cluster"`
-	PasswordFile string   `yaml:"password_file"`
-	PasswordEnv  string   `yaml:"password_env"`
+	Addrs    []string `yaml:"addrs"`
+	Cluster  bool     `yaml:"cluster"`
+	Password Secret   `yaml:"password"` // optional: none for a Redis without a password
+	// PasswordFile and PasswordEnv are the older spelling of password:
+	// {file: …} and password: {env: …}; Parse moves them into Password.
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
 }
 
 // Ownership says how a request names the resource it targets.
@@ -177,11 +182,11 @@ type Admin struct {
 	MaxBody int64   `yaml:"max_body"`
 }
 
-// Token is one admin bearer token, read from a file or an environment variable.
+// Token is one admin bearer token, read from a file or an environment
+// variable: {name: portal, file: /path} or {name: ci, env: NAME}.
 type Token struct {
-	Name string `yaml:"name"`
-	File string `yaml:"file"`
-	Env  string `yaml:"env"`
+	Name   string `yaml:"name"`
+	Secret `yaml:",inline"`
 }
 
 // Log configures zap.
@@ -212,44 +217,28 @@ const (
 
 // ParseByteSize reads a size such as 1073741824, 512MiB, 1Gi or 64KiB: a
 // non-negative integer and an optional binary unit (B, KiB/Ki, MiB/Mi,
-// GiB/Gi, TiB/Ti).
+// GiB/Gi, TiB/Ti), the units GOMEMLIMIT knows; decimal units (MB, GB) and
+// fractions are refused, so that 512MB cannot be read as 512 MiB.
 func ParseByteSize(s string) (int64, error) {
 	s = strings.TrimSpace(s)
-	i := 0
-	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-		i++
+	unit := strings.TrimSpace(strings.TrimLeft(s, "0123456789"))
+	if len(unit) == len(s) || !slices.Contains(byteUnits, unit) {
+		return 0, fmt.Errorf("%q: want a size such as 768MiB or 1Gi (units B, KiB, MiB, GiB, TiB or Ki, Mi, Gi, Ti)", s)
 	}
-	if i == 0 {
-		return 0, fmt.Errorf("%q: want a size such as 768MiB or 1Gi", s)
-	}
-	n, err := strconv.ParseInt(s[:i], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("%q: %w", s, err)
-	}
-	var shift uint
-	switch strings.TrimSpace(s[i:]) {
-	case "", "B":
-	case "KiB", "Ki":
-		shift = 10
-	case "MiB", "Mi":
-		shift = 20
-	case "GiB", "Gi":
-		shift = 30
-	case "TiB", "Ti":
-		shift = 40
-	default:
-		return 0, fmt.Errorf("%q: unit %q: want B, KiB, MiB, GiB or TiB (Ki, Mi, Gi, Ti)", s, s[i:])
-	}
-	if n > math.MaxInt64>>shift {
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n > math.MaxInt64 {
 		return 0, fmt.Errorf("%q: too large", s)
 	}
-	return n << shift, nil
+	return int64(n), nil
 }
+
+// byteUnits are the units ParseByteSize accepts ("" is bytes).
+var byteUnits = []string{"", "B", "KiB", "Ki", "MiB", "Mi", "GiB", "Gi", "TiB", "Ti"}
 
 // Default returns the embedded defaults: loopback listeners and sqlite ./keyauthz.db.
 func Default() Config {
 	return Config{
-		GRPC: GRPC{Listen: "127.0.0.1:9001", DrainTimeout: 10 * time.Second, KeepaliveTime: time.Minute, Codec: "fast",
+		GRPC: GRPC{Listen: "127.0.0.1:9001", DrainTimeout: 10 * time.Second, KeepaliveTime: time.Minute, Codec: CodecFast,
 			MaxStreams: 1024, RequestTimeout: 10 * time.Second, MaxConns: 4096},
 		HTTP:  HTTP{Listen: "127.0.0.1:9002", ReadTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, MaxConns: 256},
 		Store: Store{URL: "sqlite://./keyauthz.db", FollowInterval: 500 * time.Millisecond, MaxStaleness: 5 * time.Minute, Timeout: 250 * time.Millisecond, MaxConns: 8, TouchInterval: time.Minute, StatementTimeout: 2 * time.Second, MigrateLockTimeout: time.Minute},
@@ -259,9 +248,9 @@ func Default() Config {
 			KeyID:     "x-keyauthz-key-id",
 			Workspace: "x-keyauthz-workspace",
 		},
-		Response:  Response{Body: "json", Realm: "keyauthz", RateHeader: "both", Reset: "seconds"},
+		Response:  Response{Body: BodyJSON, Realm: "keyauthz", RateHeaders: RateHeadersBoth, Reset: ResetSeconds},
 		Cache:     Cache{Size: 100_000, TTL: 5 * time.Minute, NegativeSize: 100_000, NegativeTTL: 30 * time.Second},
-		RateLimit: RateLimit{Backend: "local", Default: apikey.Rate{N: 240, Per: time.Minute}, OnError: "deny", Timeout: 20 * time.Millisecond},
+		RateLimit: RateLimit{Backend: BackendLocal, Default: apikey.Rate{N: 240, Per: time.Minute}, OnError: OnErrorDeny, Timeout: 20 * time.Millisecond},
 		Admin:     Admin{MaxBody: 64 << 10},
 		Log:       Log{Level: "info"},
 		Runtime:   Runtime{GCPercent: 100, MemoryLimit: MemoryLimitAuto, MemoryLimitRatio: 0.9},
@@ -283,6 +272,9 @@ func Parse(b []byte) (Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		if fe := locate(b); fe != nil { // one line naming the YAML path and line
+			return Config{}, fe
+		}
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
 	for i, h := range c.Headers.APIKey {
@@ -290,226 +282,12 @@ func Parse(b []byte) (Config, error) {
 	}
 	c.Headers.KeyID = strings.ToLower(c.Headers.KeyID)
 	c.Headers.Workspace = strings.ToLower(c.Headers.Workspace)
+	if r := &c.RateLimit.Redis; r.Password.IsZero() && (r.PasswordFile == "") != (r.PasswordEnv == "") {
+		r.Password = Secret{File: r.PasswordFile, Env: r.PasswordEnv} // the older spelling
+		r.PasswordFile, r.PasswordEnv = "", ""
+	}
 	if err := c.Validate(); err != nil {
 		return Config{}, err
 	}
 	return c, nil
-}
-
-// minMemoryLimit is the smallest runtime.memory_limit accepted.
-const minMemoryLimit = 16 << 20
-
-// FieldError is a validation failure at a YAML path.
-type FieldError struct {
-	Path string // e.g. "ratelimit.on_error"
-	Msg  string
-}
-
-func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
-
-// Validate checks the configuration; every error names its YAML path.
-func (c *Config) Validate() error {
-	var errs []error
-	bad := func(path, format string, a ...any) {
-		errs = append(errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, a...)})
-	}
-	if err := checkListen(c.GRPC.Listen, true); err != nil {
-		bad("grpc.listen", "%v", err)
-	}
-	if (c.GRPC.TLS.CertFile == "") != (c.GRPC.TLS.KeyFile == "") {
-		bad("grpc.tls", "cert_file and key_file go together")
-	}
-	if c.GRPC.TLS.ClientCA != "" && c.GRPC.TLS.CertFile == "" {
-		bad("grpc.tls.client_ca_file", "needs cert_file and key_file")
-	}
-	if c.GRPC.DrainTimeout <= 0 {
-		bad("grpc.drain_timeout", "must be positive")
-	}
-	if err := checkListen(c.HTTP.Listen, false); err != nil {
-		bad("http.listen", "%v", err)
-	}
-	c.validateLimits(bad)
-	_, redactable := URLSecrets(c.Store.URL)
-	if u, err := url.Parse(c.Store.URL); err != nil || strings.Contains(c.Store.URL, "://") && !redactable { // err quotes the URL: never show it
-		bad("store.url", "%s is not a valid URL (percent-encode reserved characters such as @ : / ? # in the password)", RedactURL(c.Store.URL))
-	} else {
-		switch u.Scheme {
-		case "sqlite", "postgres", "postgresql", "file":
-		default:
-			bad("store.url", "scheme %q: want sqlite://, postgres:// or file://", u.Scheme)
-		}
-	}
-	for path, d := range map[string]time.Duration{
-		"store.follow_interval": c.Store.FollowInterval, "store.timeout": c.Store.Timeout,
-		"store.touch_interval": c.Store.TouchInterval, "store.max_staleness": c.Store.MaxStaleness,
-		"cache.ttl": c.Cache.TTL, "cache.negative_ttl": c.Cache.NegativeTTL, "ratelimit.timeout": c.RateLimit.Timeout,
-		"store.migrate_lock_timeout": c.Store.MigrateLockTimeout,
-	} {
-		if d <= 0 {
-			bad(path, "must be a positive duration")
-		}
-	}
-	seen := map[int]bool{}
-	for i, v := range c.Pepper.Versions {
-		p := fmt.Sprintf("pepper.versions[%d]", i)
-		if v.Version <= 0 {
-			bad(p+".version", "must be a positive integer")
-		}
-		if seen[v.Version] {
-			bad(p+".version", "version %d appears twice", v.Version)
-		}
-		seen[v.Version] = true
-		if (v.File == "") == (v.Env == "") {
-			bad(p, "set exactly one of file or env")
-		}
-	}
-	if len(c.Pepper.Versions) > 0 && !seen[c.Pepper.Current] {
-		bad("pepper.current", "version %d is not among pepper.versions", c.Pepper.Current)
-	}
-	if _, err := apikey.NewFormat(c.Keys.Prefix, c.Keys.MaxLength, c.Keys.Imported); err != nil {
-		bad("keys.prefix", "%v", err)
-	}
-	if c.Keys.MaxPerWorkspace < 0 {
-		bad("keys.max_per_workspace", "must not be negative")
-	}
-	if len(c.Headers.APIKey) == 0 && !c.Headers.Bearer {
-		bad("headers.api_key", "name at least one header or enable headers.bearer")
-	}
-	for i, h := range append(c.Headers.APIKey, c.Headers.KeyID, c.Headers.Workspace) {
-		if !validHeader(h) {
-			p := fmt.Sprintf("headers.api_key[%d]", i)
-			if i == len(c.Headers.APIKey) {
-				p = "headers.key_id"
-			} else if i > len(c.Headers.APIKey) {
-				p = "headers.workspace"
-			}
-			bad(p, "%q is not a valid header name", h)
-		}
-	}
-	oneOf := func(path, v string, allowed ...string) {
-		for _, a := range allowed {
-			if v == a {
-				return
-			}
-		}
-		bad(path, "%q: want one of %s", v, strings.Join(allowed, ", "))
-	}
-	oneOf("grpc.codec", c.GRPC.Codec, "fast", "standard")
-	oneOf("response.body", c.Response.Body, "json", "problem")
-	oneOf("response.rate_headers", c.Response.RateHeader, "legacy", "ietf", "both")
-	oneOf("response.reset", c.Response.Reset, "seconds", "unix")
-	if strings.ContainsAny(c.Response.Realm, "\"\\\r\n") {
-		bad("response.realm", "must not contain quotes, backslashes or newlines")
-	}
-	if c.Cache.Size <= 0 {
-		bad("cache.size", "must be positive")
-	}
-	if c.Cache.NegativeSize <= 0 {
-		bad("cache.negative_size", "must be positive")
-	}
-	oneOf("ratelimit.backend", c.RateLimit.Backend, "local", "redis")
-	oneOf("ratelimit.on_error", c.RateLimit.OnError, "allow", "deny")
-	if c.RateLimit.Default.IsZero() {
-		bad("ratelimit.default", "required: a rate such as 240/m")
-	} else if err := c.RateLimit.Default.Check(); err != nil {
-		bad("ratelimit.default", "%v", err)
-	}
-	if c.RateLimit.Backend == "redis" && len(c.RateLimit.Redis.Addrs) == 0 {
-		bad("ratelimit.redis.addrs", "required when ratelimit.backend is redis")
-	}
-	if c.RateLimit.Redis.PasswordFile != "" && c.RateLimit.Redis.PasswordEnv != "" {
-		bad("ratelimit.redis.password_env", "set at most one of ratelimit.redis.password_file and ratelimit.redis.password_env")
-	}
-	for i, t := range c.Ownership.PathTemplates {
-		if err := checkTemplate(t); err != nil {
-			bad(fmt.Sprintf("ownership.path_templates[%d]", i), "%v", err)
-		}
-	}
-	for name, w := range c.Workspaces {
-		if !apikey.ValidName(name) {
-			bad("workspaces", "every workspace id %s", apikey.IDRule)
-		}
-		if w.MaxKeys < 0 {
-			bad("workspaces."+name+".max_keys", "must not be negative")
-		}
-		if err := w.RateLimit.Check(); err != nil {
-			bad("workspaces."+name+".rate_limit", "%v", err)
-		}
-	}
-	names := map[string]bool{}
-	for i, t := range c.Admin.Tokens {
-		p := fmt.Sprintf("admin.tokens[%d]", i)
-		if t.Name == "" {
-			bad(p+".name", "required")
-		}
-		if names[t.Name] {
-			bad(p+".name", "%q appears twice", t.Name)
-		}
-		names[t.Name] = true
-		if (t.File == "") == (t.Env == "") {
-			bad(p, "set exactly one of file or env")
-		}
-	}
-	if c.Admin.MaxBody <= 0 {
-		bad("admin.max_body", "must be positive")
-	}
-	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
-	if c.Runtime.GCPercent <= 0 {
-		bad("runtime.gc_percent", "must be a positive percentage (GOGC=off stays possible through the environment)")
-	}
-	switch ml := c.Runtime.MemoryLimit; ml {
-	case MemoryLimitAuto, MemoryLimitOff:
-	default:
-		if n, err := ParseByteSize(ml); err != nil {
-			bad("runtime.memory_limit", "%v (or auto, off)", err)
-		} else if n < minMemoryLimit {
-			bad("runtime.memory_limit", "%q is under %d MiB: the collector would run without pause", ml, minMemoryLimit>>20)
-		}
-	}
-	if r := c.Runtime.MemoryLimitRatio; !(r > 0 && r <= 1) {
-		bad("runtime.memory_limit_ratio", "%v: want a share of the container limit in (0, 1]", r)
-	}
-	return errors.Join(errs...)
-}
-
-func checkListen(addr string, unixOK bool) error {
-	if unixOK && strings.HasPrefix(addr, "unix://") {
-		if len(addr) == len("unix://") {
-			return errors.New("unix:// needs a socket path")
-		}
-		return nil
-	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return fmt.Errorf("%q: want host:port", addr)
-	}
-	return nil
-}
-
-func validHeader(h string) bool {
-	if h == "" {
-		return false
-	}
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
-
-// checkTemplate accepts "/seg/{resource}[/seg…]" with exactly one {resource}.
-func checkTemplate(t string) error {
-	if !strings.HasPrefix(t, "/") {
-		return fmt.Errorf("%q: must start with /", t)
-	}
-	if strings.Count(t, "{resource}") != 1 {
-		return fmt.Errorf("%q: must hold exactly one {resource} segment", t)
-	}
-	for _, seg := range strings.Split(t[1:], "/") {
-		if strings.ContainsAny(seg, "{}") && seg != "{resource}" {
-			return fmt.Errorf("%q: segment %q: only {resource} may be a capture", t, seg)
-		}
-	}
-	return nil
 }

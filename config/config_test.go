@@ -13,7 +13,7 @@ func TestDefaultsAreValid(t *testing.T) {
 	}
 	if c.GRPC.Listen != "127.0.0.1:9001" || c.HTTP.Listen != "127.0.0.1:9002" || c.Store.URL != "sqlite://./keyauthz.db" ||
 		c.RateLimit.Default.N != 240 || c.RateLimit.Default.Per != time.Minute || c.Keys.MaxPerWorkspace != 10 ||
-		c.Store.FollowInterval != 500*time.Millisecond || c.Response.RateHeader != "both" {
+		c.Store.FollowInterval != 500*time.Millisecond || c.Response.RateHeaders != RateHeadersBoth {
 		t.Fatalf("defaults drifted from DESIGN.md: %+v", c)
 	}
 }
@@ -56,6 +56,7 @@ func TestErrorsNameThePath(t *testing.T) {
 		{"pepper: {current: 1, versions: [{version: 1}]}", "pepper.versions[0]"},
 		{"headers: {api_key: ['bad header']}", "headers.api_key[0]"},
 		{"response: {rate_headers: all}", "response.rate_headers"},
+		{"response: {realm: ''}", "response.realm"},
 		{"ownership: {path_templates: ['/orgs/{org}']}", "ownership.path_templates[0]"},
 		{"admin: {tokens: [{file: /t}]}", "admin.tokens[0].name"},
 		{"keys: {prefix: 'a b'}", "keys.prefix"},
@@ -96,13 +97,15 @@ func TestRuntime(t *testing.T) {
 func TestParseByteSize(t *testing.T) {
 	for in, want := range map[string]int64{
 		"0": 0, "1048576": 1 << 20, "64KiB": 64 << 10, "512MiB": 512 << 20, "512Mi": 512 << 20,
-		"1GiB": 1 << 30, "1 Gi": 1 << 30, "2TiB": 2 << 40, "100B": 100,
+		"1GiB": 1 << 30, "1 Gi": 1 << 30, "2TiB": 2 << 40, "100B": 100, " 768MiB ": 768 << 20, "8388607TiB": 8388607 << 40,
+		"9223372036854775807": 1<<63 - 1,
 	} {
 		if got, err := ParseByteSize(in); err != nil || got != want {
 			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "MiB", "-1", "1.5GiB", "1GB", "1 G", "9999999999TiB", "99999999999999999999"} {
+	for _, in := range []string{"", "MiB", "-1", "1.5GiB", "1GB", "1 G", "9999999999TiB", "99999999999999999999",
+		"1,024", "1gib", "512MB", "1e9", "0x10", "8388608TiB"} {
 		if got, err := ParseByteSize(in); err == nil {
 			t.Errorf("ParseByteSize(%q) = %d, want an error", in, got)
 		}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -89,16 +90,28 @@ func TestValidateHidesStoreURLPassword(t *testing.T) {
 }
 
 func TestRedisPasswordFileAndEnvExclusive(t *testing.T) {
-	c := Default()
-	c.RateLimit.Backend = "redis"
-	c.RateLimit.Redis = Redis{Addrs: []string{"127.0.0.1:6379"}, PasswordFile: "/run/secrets/redis", PasswordEnv: "REDIS_PASSWORD"}
-	err := c.Validate()
+	const redis = "ratelimit: {backend: redis, redis: {addrs: ['127.0.0.1:6379'], %s}}"
+	_, err := Parse([]byte(fmt.Sprintf(redis, "password_file: /run/secrets/redis, password_env: REDIS_PASSWORD")))
 	if err == nil || !strings.Contains(err.Error(), "ratelimit.redis.password_env") || !strings.Contains(err.Error(), "ratelimit.redis.password_file") {
-		t.Fatalf("Validate with both password_file and password_env = %v, want an error naming both", err)
+		t.Fatalf("Parse with both password_file and password_env = %v, want an error naming both", err)
 	}
-	c.RateLimit.Redis.PasswordFile = ""
-	if err := c.Validate(); err != nil {
-		t.Fatalf("Validate with password_env only: %v", err)
+	for yaml, want := range map[string]Secret{
+		"password_env: REDIS_PASSWORD":         {Env: "REDIS_PASSWORD"},
+		"password_file: /run/secrets/redis":    {File: "/run/secrets/redis"},
+		"password: {env: REDIS_PASSWORD}":      {Env: "REDIS_PASSWORD"},
+		"password: {file: /run/secrets/redis}": {File: "/run/secrets/redis"},
+	} {
+		c, err := Parse([]byte(fmt.Sprintf(redis, yaml)))
+		if err != nil || c.RateLimit.Redis.Password != want {
+			t.Errorf("Parse with %s: %+v, %v; want password %+v", yaml, c.RateLimit.Redis.Password, err, want)
+		}
+	}
+	for _, yaml := range []string{
+		"password: {file: /p, env: P}", "password: {env: P}, password_env: Q",
+	} {
+		if _, err := Parse([]byte(fmt.Sprintf(redis, yaml))); err == nil || !strings.Contains(err.Error(), "ratelimit.redis.password") {
+			t.Errorf("Parse with %s = %v, want an error naming ratelimit.redis.password", yaml, err)
+		}
 	}
 }
 

@@ -32,7 +32,7 @@ func (a *Answer) Response() *authv3.CheckResponse { return &a.resp }
 
 // fill builds the allowed response in a and returns it.
 func (a *Answer) fill(s *Service, id, workspace string, rate []*corev3.HeaderValueOption) *authv3.CheckResponse {
-	for i, kv := range [2][2]string{{s.opt.KeyIDHeader, id}, {s.opt.WorkspaceHdr, workspace}} {
+	for i, kv := range [2][2]string{{s.opt.KeyIDHeader, id}, {s.opt.WorkspaceHeader, workspace}} {
 		a.idVals[i] = corev3.HeaderValue{Key: kv[0], Value: kv[1]}
 		a.idOpts[i] = corev3.HeaderValueOption{Header: &a.idVals[i], AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
 		a.idPtrs[i] = &a.idOpts[i]

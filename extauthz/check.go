@@ -6,6 +6,7 @@ package extauthz
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
 )
@@ -28,20 +30,21 @@ type Limiter interface {
 	Allow(ctx context.Context, key string, r apikey.Rate) (ratelimit.Decision, error)
 }
 
-// Options configure the Check service; zero values take keyauthz's defaults.
+// Options configure the Check service. They are taken as given (the defaults
+// are config.Default's): New refuses options that are missing or invalid.
 type Options struct {
-	Headers       []string               // API-key header names, lower-case, tried in order
-	Bearer        bool                   // also read Authorization: Bearer
-	KeyIDHeader   string                 // upstream identity header for the key id
-	WorkspaceHdr  string                 // upstream identity header for the workspace
-	Templates     []string               // ownership path templates with one {resource}
-	DefaultRate   apikey.Rate            // rate when neither key nor workspace sets one
-	WorkspaceRate map[string]apikey.Rate // per-workspace rate overrides
-	Body          string                 // "json" or "problem"
-	Realm         string                 // WWW-Authenticate realm
-	RateHeaders   string                 // "legacy", "ietf" or "both"
-	ResetUnix     bool                   // X-RateLimit-Reset as a Unix time instead of seconds
-	Now           func() time.Time       // clock; time.Now when nil
+	Headers         []string               // API-key header names, lower-case, tried in order
+	Bearer          bool                   // also read Authorization: Bearer
+	KeyIDHeader     string                 // upstream identity header for the key id
+	WorkspaceHeader string                 // upstream identity header for the workspace
+	Templates       []string               // ownership path templates with one {resource}
+	DefaultRate     apikey.Rate            // rate when neither key nor workspace sets one
+	WorkspaceRate   map[string]apikey.Rate // per-workspace rate overrides
+	Body            config.Body            // deny body shape
+	Realm           string                 // WWW-Authenticate realm
+	RateHeaders     config.RateHeaders     // rate-limit header style
+	Reset           config.Reset           // X-RateLimit-Reset as seconds or a Unix time
+	Now             func() time.Time       // clock; time.Now when nil
 	// Used is called for every allowed request (usage tracking); it must not block.
 	Used func(keyID string, at time.Time)
 	// RevokedUse is called when a revoked key is presented; it must not block.
@@ -65,8 +68,9 @@ type Service struct {
 	resp    responses
 	metrics *Metrics
 	log     *zap.Logger
-	now     func() time.Time
+	now     func() time.Time       // Options.Now; nil for the real clock (a Check's start time is its now)
 	evict   func(sums ...[32]byte) // keys' Evict when keys is a cache, else nil
+	timeLim bool                   // time limiter calls: not the in-process limiter, whose time is all CPU and in the Check's
 }
 
 // evicter is a Keys that caches (keycache.Cache).
@@ -83,39 +87,36 @@ func New(f *apikey.Format, h *apikey.Hasher, keys Keys, lim Limiter, m *Metrics,
 		return nil, errors.New("extauthz: no API-key header configured")
 	case opt.DefaultRate.N <= 0 || opt.DefaultRate.Per <= 0:
 		return nil, errors.New("extauthz: default rate must be positive")
+	case opt.KeyIDHeader == "" || opt.WorkspaceHeader == "":
+		return nil, errors.New("extauthz: key id and workspace headers are required")
+	case opt.Realm == "":
+		return nil, errors.New("extauthz: realm is required")
 	}
-	if opt.KeyIDHeader == "" {
-		opt.KeyIDHeader = "x-keyauthz-key-id"
-	}
-	if opt.WorkspaceHdr == "" {
-		opt.WorkspaceHdr = "x-keyauthz-workspace"
-	}
-	if opt.Realm == "" {
-		opt.Realm = "keyauthz"
-	}
-	if opt.RateHeaders == "" {
-		opt.RateHeaders = "both"
+	if err := errors.Join(opt.Body.Check(), opt.RateHeaders.Check(), opt.Reset.Check()); err != nil {
+		return nil, fmt.Errorf("extauthz: %w", err)
 	}
 	s := &Service{
 		format: f, hasher: h, keys: keys, limiter: lim, opt: opt, metrics: m,
-		log: log.Named("check"), now: opt.Now, tmpl: parseTemplates(opt.Templates),
-	}
-	if s.now == nil {
-		s.now = time.Now
+		log: log, now: opt.Now, tmpl: parseTemplates(opt.Templates),
 	}
 	if ev, ok := keys.(evicter); ok {
 		s.evict = ev.Evict
 	}
+	_, local := lim.(*ratelimit.Local)
+	s.timeLim = !local
 	s.remove = append(s.remove, opt.Headers...)
 	if opt.Bearer {
 		s.remove = append(s.remove, "authorization")
 	}
-	s.resp = newResponses(opt.Body == "problem", opt.Realm)
+	s.resp = newResponses(opt.Body == config.BodyProblem, opt.Realm)
 	return s, nil
 }
 
-// Check answers one ext_authz request. Denies are responses with a nil error;
-// only the authorizer's own faults (store unreachable) are gRPC errors.
+// Check answers one ext_authz request decoded by the standard gRPC codec: the
+// generated authv3 handler (grpc.codec: standard) calls it, and so does
+// fastgrpc for a request that reached it as a CheckRequest. Denies are
+// responses with a nil error; only the authorizer's own faults (store
+// unreachable) are gRPC errors.
 func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	http := req.GetAttributes().GetRequest().GetHttp()
 	r := Request{Path: http.GetPath(), headers: headerSource{m: http.GetHeaders()}, ext: extSource{m: req.GetAttributes().GetContextExtensions()}}
@@ -147,15 +148,26 @@ func nonNil(p []KV) pairs {
 	return p
 }
 
-// Decide answers one request; Check is Decide over a decoded CheckRequest.
+// Decide answers one request in its codec-neutral form, in a fresh Answer:
+// Check calls it, and fastgrpc calls it for a wire-decoded request that went
+// through unary interceptors.
 func (s *Service) Decide(ctx context.Context, req *Request) (*authv3.CheckResponse, error) {
 	return s.DecideInto(ctx, req, new(Answer))
 }
 
-// DecideInto is Decide building an allowed response in a, which must not be in
-// use until the returned response has been marshalled; denies are shared,
+// DecideInto is Decide building an allowed response in a: fastgrpc's fast
+// path (no interceptors) calls it with a pooled Answer. a must not be reused
+// until the returned response has been marshalled; denies are shared,
 // read-only responses that do not touch a.
 func (s *Service) DecideInto(ctx context.Context, req *Request, a *Answer) (*authv3.CheckResponse, error) {
+	start := time.Now()
+	resp, err := s.decide(ctx, req, a, start)
+	s.metrics.checkTook(time.Since(start), resp == &a.resp, err)
+	return resp, err
+}
+
+// decide is DecideInto for a Check that started at start (its now, unless Options.Now is set).
+func (s *Service) decide(ctx context.Context, req *Request, a *Answer, start time.Time) (*authv3.CheckResponse, error) {
 	key, res := extract(req.headers, s.opt.Headers, s.opt.Bearer)
 	switch res {
 	case keyConflict:
@@ -179,7 +191,10 @@ func (s *Service) DecideInto(ctx context.Context, req *Request, a *Answer) (*aut
 		s.log.Warn("key store unavailable", zap.Error(err))
 		return nil, status.Error(codes.Unavailable, "key store unavailable")
 	}
-	now := s.now()
+	now := start
+	if s.now != nil {
+		now = s.now()
+	}
 	if err := k.Valid(now); err != nil {
 		if errors.Is(err, apikey.ErrRevoked) && s.opt.RevokedUse != nil {
 			rk := k // a copy, so k itself stays on the stack on the hot path
@@ -192,7 +207,14 @@ func (s *Service) DecideInto(ctx context.Context, req *Request, a *Answer) (*aut
 		s.metrics.deny(reasonForbidden)
 		return s.resp.forbidden, nil
 	}
-	d, err := s.limiter.Allow(ctx, k.ID, s.rate(&k))
+	var d ratelimit.Decision
+	if s.timeLim {
+		t := time.Since(start)
+		d, err = s.limiter.Allow(ctx, k.ID, s.rate(&k))
+		s.metrics.limiterTook(time.Since(start)-t, err)
+	} else {
+		d, err = s.limiter.Allow(ctx, k.ID, s.rate(&k))
+	}
 	if err != nil {
 		if !errors.Is(err, ratelimit.ErrUnavailable) {
 			s.metrics.fault(reasonLimiter)
@@ -207,13 +229,13 @@ func (s *Service) DecideInto(ctx context.Context, req *Request, a *Answer) (*aut
 	}
 	if !d.Allowed {
 		s.metrics.deny(reasonLimited)
-		return s.resp.limited(d, now, s.opt.RateHeaders, s.opt.ResetUnix), nil
+		return s.resp.limited(d, now, s.opt.RateHeaders, s.opt.Reset), nil
 	}
 	if s.opt.Used != nil {
 		s.opt.Used(k.ID, now)
 	}
 	s.metrics.allow()
-	return a.fill(s, k.ID, k.Workspace, a.rate.build(d, now, s.opt.RateHeaders, s.opt.ResetUnix)), nil
+	return a.fill(s, k.ID, k.Workspace, a.rate.build(d, now, s.opt.RateHeaders, s.opt.Reset)), nil
 }
 
 // lookup hashes the key under the current pepper, then under older versions.

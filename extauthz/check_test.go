@@ -54,7 +54,8 @@ type fixture struct {
 
 var pepper = []byte("0123456789abcdef0123456789abcdef")
 
-func newFixture(t testing.TB, lim Limiter, mod func(*Options)) *fixture {
+// formatHasher returns the tests' key format ("kz") and a hasher with pepper as version 1.
+func formatHasher(t testing.TB) (*apikey.Format, *apikey.Hasher) {
 	t.Helper()
 	f, err := apikey.NewFormat("kz", 256, false)
 	if err != nil {
@@ -64,6 +65,12 @@ func newFixture(t testing.TB, lim Limiter, mod func(*Options)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return f, h
+}
+
+func newFixture(t testing.TB, lim Limiter, mod func(*Options)) *fixture {
+	t.Helper()
+	f, h := formatHasher(t)
 	if lim == nil {
 		l, err := ratelimit.NewLocal(1000)
 		if err != nil {
@@ -78,11 +85,9 @@ func newFixture(t testing.TB, lim Limiter, mod func(*Options)) *fixture {
 	}
 	fx := &fixture{keys: &countingKeys{keys: map[[32]byte]apikey.Key{}}, format: f, hasher: h, now: time.Now()}
 	def := config.Default()
-	opt := Options{
-		Headers: def.Headers.APIKey, KeyIDHeader: def.Headers.KeyID, WorkspaceHdr: def.Headers.Workspace,
-		Templates: []string{"/organizations/{resource}"}, DefaultRate: def.RateLimit.Default,
-		WorkspaceRate: map[string]apikey.Rate{"big": {N: 1000, Per: time.Minute}},
-	}
+	opt := defaultOptions(def.Headers.APIKey, def.RateLimit.Default)
+	opt.Templates = []string{"/organizations/{resource}"}
+	opt.WorkspaceRate = map[string]apikey.Rate{"big": {N: 1000, Per: time.Minute}}
 	if mod != nil {
 		mod(&opt)
 	}
@@ -91,6 +96,16 @@ func newFixture(t testing.TB, lim Limiter, mod func(*Options)) *fixture {
 		t.Fatal(err)
 	}
 	return fx
+}
+
+// defaultOptions are the options config.Default describes, reading the given
+// key headers, with the given default rate.
+func defaultOptions(headers []string, rate apikey.Rate) Options {
+	def := config.Default()
+	return Options{
+		Headers: headers, KeyIDHeader: def.Headers.KeyID, WorkspaceHeader: def.Headers.Workspace, DefaultRate: rate,
+		Realm: def.Response.Realm, Body: def.Response.Body, RateHeaders: def.Response.RateHeaders, Reset: def.Response.Reset,
+	}
 }
 
 // add stores a key (modified by mod) and returns its secret.
@@ -379,7 +394,7 @@ func TestFaultsAreErrors(t *testing.T) {
 }
 
 func TestProblemJSONAndStyles(t *testing.T) {
-	fx := newFixture(t, nil, func(o *Options) { o.Body = "problem"; o.RateHeaders = "ietf"; o.Realm = "api" })
+	fx := newFixture(t, nil, func(o *Options) { o.Body = config.BodyProblem; o.RateHeaders = config.RateHeadersIETF; o.Realm = "api" })
 	valid, _ := fx.add(t, "acme", nil)
 	resp, err := fx.svc.Check(context.Background(), req("/", nil, nil))
 	o := result(t, resp, err)
@@ -392,7 +407,7 @@ func TestProblemJSONAndStyles(t *testing.T) {
 	if _, ok := o.headers["x-ratelimit-limit"]; ok || o.headers["ratelimit"] == "" {
 		t.Fatalf("ietf style headers: %v", o.headers)
 	}
-	fx = newFixture(t, nil, func(o *Options) { o.RateHeaders = "legacy"; o.ResetUnix = true })
+	fx = newFixture(t, nil, func(o *Options) { o.RateHeaders = config.RateHeadersLegacy; o.Reset = config.ResetUnix })
 	valid, _ = fx.add(t, "acme", nil)
 	resp, err = fx.svc.Check(context.Background(), req("/", map[string]string{"x-api-key": valid}, nil))
 	o = result(t, resp, err)
@@ -418,12 +433,13 @@ func TestPepperRotation(t *testing.T) {
 	m, _ := NewMetrics(prometheus.NewRegistry())
 	l, _ := ratelimit.NewLocal(10)
 	defer l.Close()
-	svc, err := New(fx.format, h2, fx.keys, l, m, Options{Headers: []string{"x-api-key"}, DefaultRate: apikey.Rate{N: 10, Per: time.Second},
-		Rehash: func(d apikey.Digest, key string) {
-			if d.Version == 1 && key == secret {
-				rehashed.Add(1)
-			}
-		}}, zap.NewNop())
+	opt := defaultOptions([]string{"x-api-key"}, apikey.Rate{N: 10, Per: time.Second})
+	opt.Rehash = func(d apikey.Digest, key string) {
+		if d.Version == 1 && key == secret {
+			rehashed.Add(1)
+		}
+	}
+	svc, err := New(fx.format, h2, fx.keys, l, m, opt, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,5 +474,31 @@ func TestHeaderMapWithEmptyHeaders(t *testing.T) {
 	resp, err := fx.svc.Check(context.Background(), r)
 	if o := result(t, resp, err); o.code != 200 {
 		t.Fatalf("empty headers map with header_map: %d, want 200", o.code)
+	}
+}
+
+// New takes its options as given: a missing or invalid one is an error, never
+// a default (the defaults are config.Default's).
+func TestNewRefusesIncompleteOptions(t *testing.T) {
+	fx := newFixture(t, nil, nil)
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, mod := range map[string]func(*Options){
+		"no key header":       func(o *Options) { o.Headers, o.Bearer = nil, false },
+		"no default rate":     func(o *Options) { o.DefaultRate = apikey.Rate{} },
+		"no key id header":    func(o *Options) { o.KeyIDHeader = "" },
+		"no workspace header": func(o *Options) { o.WorkspaceHeader = "" },
+		"no realm":            func(o *Options) { o.Realm = "" },
+		"no body":             func(o *Options) { o.Body = 0 },
+		"no rate headers":     func(o *Options) { o.RateHeaders = 0 },
+		"unknown reset":       func(o *Options) { o.Reset = 9 },
+	} {
+		opt := defaultOptions([]string{"x-api-key"}, apikey.Rate{N: 1, Per: time.Second})
+		mod(&opt)
+		if _, err := New(fx.format, fx.hasher, fx.keys, fx.svc.limiter, m, opt, zap.NewNop()); err == nil {
+			t.Errorf("%s: New succeeded, want an error", name)
+		}
 	}
 }

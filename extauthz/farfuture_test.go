@@ -32,14 +32,7 @@ func TestFarFutureTimesThroughCacheAndSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cache.Close()
-	f, err := apikey.NewFormat("kz", 256, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := apikey.NewHasher(map[int][]byte{1: pepper}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, h := formatHasher(t)
 	lim, err := ratelimit.NewLocal(100)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +42,7 @@ func TestFarFutureTimesThroughCacheAndSQLite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := New(f, h, cache, lim, m, Options{Headers: []string{"x-api-key"}, DefaultRate: apikey.Rate{N: 1000, Per: time.Minute}}, zap.NewNop())
+	svc, err := New(f, h, cache, lim, m, defaultOptions([]string{"x-api-key"}, apikey.Rate{N: 1000, Per: time.Minute}), zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
 )
 
@@ -80,14 +81,14 @@ func (r *responses) deny(code typev3.StatusCode, grpc codes.Code, msg string, ex
 }
 
 // limited builds the 429 answer with Retry-After and the rate-limit headers.
-func (r *responses) limited(d ratelimit.Decision, now time.Time, style string, unix bool) *authv3.CheckResponse {
+func (r *responses) limited(d ratelimit.Decision, now time.Time, style config.RateHeaders, reset config.Reset) *authv3.CheckResponse {
 	retry := ceilSeconds(d.RetryAfter)
 	if retry < 1 {
 		retry = 1
 	}
 	hs := make([]*corev3.HeaderValueOption, 0, 7)
 	hs = append(hs, header("content-type", r.contentType), header("retry-after", strconv.FormatInt(retry, 10)))
-	hs = rateHeaders(hs, d, now, style, unix)
+	hs = rateHeaders(hs, d, now, style, reset)
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(codes.ResourceExhausted), Message: MsgRateLimited},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
@@ -131,13 +132,13 @@ type rateBlock struct {
 }
 
 // rateHeaders appends the legacy and/or IETF draft rate-limit headers for d to dst.
-func rateHeaders(dst []*corev3.HeaderValueOption, d ratelimit.Decision, now time.Time, style string, unix bool) []*corev3.HeaderValueOption {
-	return append(dst, new(rateBlock).build(d, now, style, unix)...)
+func rateHeaders(dst []*corev3.HeaderValueOption, d ratelimit.Decision, now time.Time, style config.RateHeaders, reset config.Reset) []*corev3.HeaderValueOption {
+	return append(dst, new(rateBlock).build(d, now, style, reset)...)
 }
 
 // build fills the block for d and returns the header options, which point into it.
-func (b *rateBlock) build(d ratelimit.Decision, now time.Time, style string, unix bool) []*corev3.HeaderValueOption {
-	legacy, ietf := style != "ietf", style != "legacy"
+func (b *rateBlock) build(d ratelimit.Decision, now time.Time, style config.RateHeaders, resetAt config.Reset) []*corev3.HeaderValueOption {
+	legacy, ietf := style != config.RateHeadersIETF, style != config.RateHeadersLegacy
 	reset := ceilSeconds(d.Reset)
 	buf := b.buf[:0]
 	n := 0
@@ -161,7 +162,7 @@ func (b *rateBlock) build(d ratelimit.Decision, now time.Time, style string, uni
 		buf = strconv.AppendInt(buf, int64(d.Remaining), 10)
 		add(hRemaining, s)
 		s = len(buf)
-		if unix {
+		if resetAt == config.ResetUnix {
 			buf = strconv.AppendInt(buf, now.Unix()+reset, 10)
 		} else {
 			buf = strconv.AppendInt(buf, reset, 10)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
 )
 
@@ -39,8 +40,8 @@ func checksTotal(t *testing.T, reg *prometheus.Registry, result, reason string) 
 // headers, in both body formats, counted as denied/limiter_unavailable (not
 // rate_limited), while a real limit stays a 429.
 func TestLimiterOutageIs503(t *testing.T) {
-	for _, body := range []string{"json", "problem"} {
-		t.Run(body, func(t *testing.T) {
+	for _, body := range []config.Body{config.BodyJSON, config.BodyProblem} {
+		t.Run(body.String(), func(t *testing.T) {
 			fx := newFixture(t, failingLimiter{allow: false, err: ratelimit.ErrUnavailable}, func(o *Options) { o.Body = body })
 			reg := prometheus.NewRegistry()
 			m, err := NewMetrics(reg)
@@ -62,7 +63,7 @@ func TestLimiterOutageIs503(t *testing.T) {
 			}
 			want := `{"message":"Rate limiter unavailable"}`
 			ct := "application/json"
-			if body == "problem" {
+			if body == config.BodyProblem {
 				want = `{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"Rate limiter unavailable"}`
 				ct = "application/problem+json"
 			}

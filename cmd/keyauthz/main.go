@@ -1,4 +1,6 @@
 // Command keyauthz is an Envoy ext_authz API-key authorizer; see README.md.
+// main only sets up the logger, signals and the exit code; the commands are
+// in extauthz/cli.
 package main
 
 import (
@@ -10,7 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/keyauthz/keyauthz/extauthz/app"
+	"github.com/keyauthz/keyauthz/extauthz/cli"
 )
 
 func main() {
@@ -24,7 +26,7 @@ func main() {
 		os.Exit(1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := app.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, log, lvl)
+	code := cli.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, log, lvl)
 	stop()
 	_ = log.Sync()
 	os.Exit(code)

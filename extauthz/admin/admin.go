@@ -30,8 +30,6 @@ import (
 var OpenAPI []byte
 
 const (
-	// DefaultMaxBody bounds a request body when Options.MaxBody is 0.
-	DefaultMaxBody = 64 << 10
 	// DefaultPageSize is the page size of list and audit when no limit is given.
 	DefaultPageSize = 100
 	// MaxPageSize is the largest limit list and audit accept.
@@ -52,9 +50,10 @@ type Token struct {
 	Secret []byte
 }
 
-// Options tune the handler; zero values take the defaults.
+// Options tune the handler. They are taken as given (the defaults are
+// config.Default's): New refuses options that are missing or invalid.
 type Options struct {
-	// MaxBody bounds request bodies in bytes (DefaultMaxBody when 0).
+	// MaxBody bounds request bodies in bytes; it must be positive.
 	MaxBody int64
 	// OnChange is called after every committed key change, before the answer is
 	// sent, so this replica's cache drops changed keys at once (wire the change-feed
@@ -62,7 +61,15 @@ type Options struct {
 	OnChange func(ctx context.Context) error
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Observe, when set, is called after every request with its route (the
+	// pattern it matched, such as "GET /v1/workspaces/{ws}/api-keys", or
+	// RouteUnmatched), the status code answered and how long it took: a closed
+	// set of labels for metrics, never the raw path.
+	Observe func(route string, code int, took time.Duration)
 }
+
+// RouteUnmatched is the route Options.Observe reports for a request no route matched.
+const RouteUnmatched = "unmatched"
 
 // Handler serves the admin API under /v1/. It implements http.Handler.
 type Handler struct {
@@ -99,16 +106,13 @@ func New(m *apikey.Manager, tokens []Token, opt Options, log *zap.Logger) (*Hand
 		return nil, errors.New("admin: nil logger")
 	case len(tokens) == 0:
 		return nil, errors.New("admin: no admin token configured")
-	case opt.MaxBody < 0:
-		return nil, fmt.Errorf("admin: max body %d: must not be negative", opt.MaxBody)
-	}
-	if opt.MaxBody == 0 {
-		opt.MaxBody = DefaultMaxBody
+	case opt.MaxBody <= 0:
+		return nil, fmt.Errorf("admin: max body %d: must be positive", opt.MaxBody)
 	}
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	h := &Handler{m: m, store: m.Store(), opt: opt, log: log.Named("admin"), mux: http.NewServeMux()}
+	h := &Handler{m: m, store: m.Store(), opt: opt, log: log, mux: http.NewServeMux()}
 	seen := map[string]bool{}
 	for i, t := range tokens {
 		secret := bytes.TrimSpace(t.Secret)
@@ -153,12 +157,35 @@ func (h *Handler) wrap(rt route) http.Handler {
 	})
 }
 
+// Routes returns the pattern of every served route, such as
+// "GET /v1/workspaces/{ws}/api-keys": the routes Options.Observe reports,
+// besides RouteUnmatched.
+func (h *Handler) Routes() []string {
+	out := make([]string, len(h.routes))
+	for i, rt := range h.routes {
+		out[i] = rt.method + " " + rt.path
+	}
+	return out
+}
+
 // ServeHTTP routes a request; unknown routes answer 404 or 405 as JSON (401 without a valid token).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, pattern := h.mux.Handler(r)
+	if h.opt.Observe != nil {
+		start, sw := time.Now(), &statusWriter{ResponseWriter: w}
+		w = sw
+		defer func() {
+			route := pattern
+			if route == "" {
+				route = RouteUnmatched
+			}
+			h.opt.Observe(route, sw.status(), time.Since(start))
+		}()
+	}
 	hd := w.Header()
 	hd.Set("Cache-Control", "no-store")
 	hd.Set("X-Content-Type-Options", "nosniff")
-	if _, pattern := h.mux.Handler(r); pattern != "" {
+	if pattern != "" {
 		h.mux.ServeHTTP(w, r)
 		return
 	}
@@ -249,7 +276,7 @@ func (h *Handler) created(w http.ResponseWriter, r *http.Request, spec apikey.Sp
 	h.log.Info("key created", zap.String("key_id", k.ID), zap.String("workspace", k.Workspace),
 		zap.String("display", k.Display), zap.String("actor", actor))
 	w.Header().Set("Location", keyLocation(k.Workspace, k.ID))
-	writeJSON(w, http.StatusCreated, apikey.NewView(k, secret))
+	writeJSON(w, http.StatusCreated, NewView(k, secret))
 }
 
 func (h *Handler) list(w http.ResponseWriter, r *http.Request, _ string) {
@@ -268,13 +295,13 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request, _ string) {
 		h.fail(w, r, err)
 		return
 	}
-	out := KeyPage{Items: make([]apikey.View, 0, min(len(keys), limit))}
+	out := KeyPage{Items: make([]View, 0, min(len(keys), limit))}
 	for i := range keys {
 		if i == limit {
 			out.NextCursor = encodeCursor("k", ws, keys[i-1].ID)
 			break
 		}
-		out.Items = append(out.Items, apikey.NewView(keys[i], ""))
+		out.Items = append(out.Items, NewView(keys[i], ""))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -304,7 +331,7 @@ func (h *Handler) key(w http.ResponseWriter, r *http.Request) (apikey.Key, bool)
 
 func (h *Handler) get(w http.ResponseWriter, r *http.Request, _ string) {
 	if k, ok := h.key(w, r); ok {
-		writeJSON(w, http.StatusOK, apikey.NewView(k, ""))
+		writeJSON(w, http.StatusOK, NewView(k, ""))
 	}
 }
 
@@ -335,7 +362,7 @@ func (h *Handler) refresh(w http.ResponseWriter, r *http.Request, actor string) 
 	h.changed(r.Context(), k.ID)
 	h.log.Info("key refreshed", zap.String("key_id", k.ID), zap.String("workspace", k.Workspace),
 		zap.String("display", k.Display), zap.Duration("grace", grace), zap.String("actor", actor))
-	writeJSON(w, http.StatusOK, apikey.NewView(k, secret))
+	writeJSON(w, http.StatusOK, NewView(k, secret))
 }
 
 func (h *Handler) delete(w http.ResponseWriter, r *http.Request, actor string) {
@@ -483,4 +510,35 @@ func keyLocation(ws, id string) string {
 // validID reports whether id can be a key id at all (anything else is simply not found).
 func validID(id string) bool {
 	return strings.HasPrefix(id, "key_") && len(id) <= 64 && apikey.ValidName(id)
+}
+
+// statusWriter remembers the status code a handler answers with (Options.Observe).
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 && code >= 200 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap gives http.ResponseController the underlying writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// status is the code answered: 200 when the handler wrote nothing.
+func (w *statusWriter) status() int {
+	if w.code == 0 {
+		return http.StatusOK
+	}
+	return w.code
 }

@@ -7,11 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
 
-func (e *env) refresh(ws, id string, body string) apikey.View {
+func (e *env) refresh(ws, id string, body string) View {
 	e.t.Helper()
 	ct := ""
 	var b []byte
@@ -22,7 +20,7 @@ func (e *env) refresh(ws, id string, body string) apikey.View {
 	if r.code != http.StatusOK {
 		e.t.Fatalf("refresh %s: %d %s", id, r.code, r.body)
 	}
-	var v apikey.View
+	var v View
 	r.json(e.t, &v)
 	return v
 }
@@ -115,7 +113,7 @@ func TestNoSecretLeaks(t *testing.T) {
 	go func() { e.rec.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	var secrets []apikey.View
+	var secrets []View
 	texts := map[string]string{}
 	a := e.create("acme", "a")
 	b := e.create("acme", "b")
@@ -140,7 +138,7 @@ func TestNoSecretLeaks(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		g := e.call("GET", "/v1/workspaces/acme/api-keys/"+a.ID, opsToken, "", nil)
-		var v apikey.View
+		var v View
 		g.json(t, &v)
 		if v.LastUsedAt != nil {
 			break
@@ -189,7 +187,7 @@ func TestNoSecretLeaks(t *testing.T) {
 func TestLastUsedCoalesced(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	e := newEnv(t, envOpt{touchInterval: interval})
-	keys := []apikey.View{e.create("acme", "a"), e.create("acme", "b"), e.create("acme", "c")}
+	keys := []View{e.create("acme", "a"), e.create("acme", "b"), e.create("acme", "c")}
 	for _, k := range keys {
 		if v := e.get("acme", k.ID); v.LastUsedAt != nil {
 			t.Fatalf("last_used_at %v before any traffic", v.LastUsedAt)
@@ -258,13 +256,13 @@ func TestLastUsedCoalesced(t *testing.T) {
 	}
 }
 
-func (e *env) get(ws, id string) apikey.View {
+func (e *env) get(ws, id string) View {
 	e.t.Helper()
 	r := e.call("GET", "/v1/workspaces/"+ws+"/api-keys/"+id, opsToken, "", nil)
 	if r.code != 200 {
 		e.t.Fatalf("get %s: %d %s", id, r.code, r.body)
 	}
-	var v apikey.View
+	var v View
 	r.json(e.t, &v)
 	return v
 }

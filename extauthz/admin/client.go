@@ -163,8 +163,8 @@ func pageQuery(cursor string, limit int) url.Values {
 }
 
 // Create issues a key in workspace ws; the answer's Key is the secret, shown once.
-func (c *Client) Create(ctx context.Context, ws string, req CreateRequest) (apikey.View, error) {
-	var v apikey.View
+func (c *Client) Create(ctx context.Context, ws string, req CreateRequest) (View, error) {
+	var v View
 	if err := apikey.CheckWorkspace(ws); err != nil {
 		return v, err
 	}
@@ -183,25 +183,34 @@ func (c *Client) List(ctx context.Context, ws, cursor string, limit int) (KeyPag
 }
 
 // ListAll returns every key of a workspace, following the cursors.
-func (c *Client) ListAll(ctx context.Context, ws string) ([]apikey.View, error) {
-	out := []apikey.View{}
+func (c *Client) ListAll(ctx context.Context, ws string) ([]View, error) {
+	return all(func(cursor string) ([]View, string, error) {
+		p, err := c.List(ctx, ws, cursor, MaxPageSize)
+		return p.Items, p.NextCursor, err
+	})
+}
+
+// all gathers the items of every page, from the first (cursor "") until a page
+// has no next cursor; page fetches one page of MaxPageSize items.
+func all[T any](page func(cursor string) (items []T, next string, err error)) ([]T, error) {
+	out := []T{}
 	cursor := ""
 	for {
-		p, err := c.List(ctx, ws, cursor, MaxPageSize)
+		items, next, err := page(cursor)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, p.Items...)
-		if p.NextCursor == "" {
+		out = append(out, items...)
+		if next == "" {
 			return out, nil
 		}
-		cursor = p.NextCursor
+		cursor = next
 	}
 }
 
 // Get returns one key of workspace ws (never the secret).
-func (c *Client) Get(ctx context.Context, ws, id string) (apikey.View, error) {
-	var v apikey.View
+func (c *Client) Get(ctx context.Context, ws, id string) (View, error) {
+	var v View
 	if err := apikey.CheckWorkspace(ws); err != nil {
 		return v, err
 	}
@@ -211,19 +220,19 @@ func (c *Client) Get(ctx context.Context, ws, id string) (apikey.View, error) {
 
 // Refresh rotates a key's secret; the old one stays valid for grace (rounded up to
 // whole seconds; 0 = invalid at once). The answer's Key is the new secret.
-func (c *Client) Refresh(ctx context.Context, ws, id string, grace time.Duration) (apikey.View, error) {
+func (c *Client) Refresh(ctx context.Context, ws, id string, grace time.Duration) (View, error) {
 	if grace < 0 {
-		return apikey.View{}, &apikey.FieldError{Field: "grace", Msg: "must not be negative"}
+		return View{}, &apikey.FieldError{Field: "grace", Msg: "must not be negative"}
 	}
 	if err := apikey.CheckWorkspace(ws); err != nil {
-		return apikey.View{}, err
+		return View{}, err
 	}
 	var in any
 	if grace > 0 {
 		s := int64((grace + time.Second - 1) / time.Second)
 		in = refreshBody{GraceSeconds: &s}
 	}
-	var v apikey.View
+	var v View
 	err := c.do(ctx, http.MethodPost, keyPath(ws, id)+"/refresh", nil, in, &v, http.StatusOK)
 	return v, err
 }
@@ -248,17 +257,8 @@ func (c *Client) Audit(ctx context.Context, ws, cursor string, limit int) (Audit
 
 // AuditAll returns every audit event of a workspace, oldest first.
 func (c *Client) AuditAll(ctx context.Context, ws string) ([]Event, error) {
-	out := []Event{}
-	cursor := ""
-	for {
+	return all(func(cursor string) ([]Event, string, error) {
 		p, err := c.Audit(ctx, ws, cursor, MaxPageSize)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p.Items...)
-		if p.NextCursor == "" {
-			return out, nil
-		}
-		cursor = p.NextCursor
-	}
+		return p.Items, p.NextCursor, err
+	})
 }

@@ -1,19 +1,14 @@
 package admin
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
 
@@ -138,83 +133,5 @@ func TestClient(t *testing.T) {
 	down, _ := NewClient("http://127.0.0.1:1", opsToken, nil)
 	if _, err := down.Get(ctx, "acme", "key_x"); err == nil || strings.Contains(err.Error(), opsToken) {
 		t.Errorf("unreachable server: %v", err)
-	}
-}
-
-func TestPrinters(t *testing.T) {
-	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	v := apikey.View{ID: "key_a", Workspace: "acme", Name: "ci", Display: "kz_abcd", CreatedAt: at, LastUsedAt: &at}
-	var b bytes.Buffer
-	if err := PrintKeys(&b, []apikey.View{v}, false); err != nil {
-		t.Fatal(err)
-	}
-	if s := b.String(); !strings.Contains(s, "key_a") || !strings.Contains(s, "kz_abcd…") || !strings.Contains(s, "2030-01-02T03:04:05Z") {
-		t.Errorf("PrintKeys table:\n%s", s)
-	}
-	b.Reset()
-	_ = PrintKeys(&b, nil, true)
-	if strings.TrimSpace(b.String()) != `{"items":[]}` {
-		t.Errorf("PrintKeys JSON of none = %s", b.String())
-	}
-	b.Reset()
-	v.Key = "kz_secret"
-	_ = PrintSecret(&b, v, false, "Created")
-	if s := b.String(); !strings.HasPrefix(s, "Created key key_a") || !strings.Contains(s, "kz_secret") {
-		t.Errorf("PrintSecret:\n%s", s)
-	}
-	b.Reset()
-	evs := Events([]apikey.Event{{Seq: 7, At: at, Kind: "refreshed", Workspace: "acme", KeyID: "key_a", Actor: "ops", Detail: "grace 1m0s"}})
-	_ = PrintAudit(&b, evs, false)
-	if s := b.String(); !strings.Contains(s, "7") || !strings.Contains(s, "refreshed") || !strings.Contains(s, "grace 1m0s") || !strings.Contains(s, "ops") {
-		t.Errorf("PrintAudit table:\n%s", s)
-	}
-	b.Reset()
-	_ = PrintAudit(&b, evs, true)
-	var got struct{ Items []Event }
-	if err := json.Unmarshal(b.Bytes(), &got); err != nil || len(got.Items) != 1 || got.Items[0].Seq != 7 || got.Items[0].KeyID != "key_a" {
-		t.Errorf("PrintAudit JSON = %s (%v)", b.String(), err)
-	}
-}
-
-func TestTokens(t *testing.T) {
-	dir := t.TempDir()
-	file := filepath.Join(dir, "token")
-	if err := os.WriteFile(file, []byte(opsToken+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if tok, err := ReadTokenFile(file); err != nil || tok != opsToken {
-		t.Errorf("ReadTokenFile = %q, %v", tok, err)
-	}
-	empty := filepath.Join(dir, "empty")
-	_ = os.WriteFile(empty, []byte("\n"), 0o600)
-	if _, err := ReadTokenFile(empty); err == nil {
-		t.Error("ReadTokenFile(empty) succeeded")
-	}
-	if _, err := ReadTokenFile(filepath.Join(dir, "missing")); err == nil {
-		t.Error("ReadTokenFile(missing) succeeded")
-	}
-
-	t.Setenv("KEYAUTHZ_TEST_ADMIN_TOKEN", ciToken)
-	toks, err := TokensFromConfig([]config.Token{{Name: "ops", File: file}, {Name: "ci", Env: "KEYAUTHZ_TEST_ADMIN_TOKEN"}})
-	if err != nil || len(toks) != 2 || string(toks[0].Secret) != opsToken || toks[1].Name != "ci" || string(toks[1].Secret) != ciToken {
-		t.Fatalf("TokensFromConfig = %+v, %v", toks, err)
-	}
-	short := filepath.Join(dir, "short")
-	_ = os.WriteFile(short, []byte("abc"), 0o600)
-	for _, tc := range []struct {
-		tok  config.Token
-		path string
-	}{
-		{config.Token{Name: "a", File: filepath.Join(dir, "missing")}, "admin.tokens[0].file"},
-		{config.Token{Name: "a", Env: "KEYAUTHZ_TEST_UNSET_VARIABLE"}, "admin.tokens[0].env"},
-		{config.Token{Name: "a", File: short}, "admin.tokens[0]"},
-	} {
-		_, err := TokensFromConfig([]config.Token{tc.tok})
-		var fe *config.FieldError
-		if !errors.As(err, &fe) || fe.Path != tc.path {
-			t.Errorf("TokensFromConfig(%+v) = %v, want an error at %s", tc.tok, err, tc.path)
-		} else if strings.Contains(err.Error(), "abc") {
-			t.Errorf("error holds the token: %v", err)
-		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -63,16 +62,7 @@ func (e *env) rawCall(method, rawPath string, body []byte) resp {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	res, err := e.srv.Client().Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return resp{code: res.StatusCode, header: res.Header, body: b}
+	return e.do(req)
 }
 
 // Issue 10 item 12: a workspace id is checked after percent-decoding against the one
@@ -120,7 +110,7 @@ func TestWorkspaceIDRule(t *testing.T) {
 		if r.code != http.StatusCreated {
 			t.Fatalf("create in %q: %d %s", ws, r.code, r.body)
 		}
-		var v2 apikey.View
+		var v2 View
 		r.json(t, &v2)
 		loc, err := base.Parse(r.header.Get("Location"))
 		if err != nil || loc.Path != "/v1/workspaces/"+ws+"/api-keys/"+v2.ID || loc.Host != base.Host {
@@ -190,7 +180,7 @@ func TestErrorsNeverEchoSecrets(t *testing.T) {
 			t.Errorf("%d answer echoes the pasted secret: %s", r.code, r.body)
 		}
 	}
-	if l := leaks([]apikey.View{{Key: secret, Display: e.format.Display(secret)}}, map[string]string{"log": e.logs.String()}); len(l) > 0 {
+	if l := leaks([]View{{Key: secret, Display: e.format.Display(secret)}}, map[string]string{"log": e.logs.String()}); len(l) > 0 {
 		t.Errorf("%v", l)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/keycache"
@@ -38,6 +39,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const (
 	opsToken = "ops-token-0123456789abcdef"
 	ciToken  = "ci-token-0123456789abcdef"
+	// testMaxBody is config.Default's admin.max_body.
+	testMaxBody = 64 << 10
 )
 
 var pepper = []byte("0123456789abcdef0123456789abcdef")
@@ -206,14 +209,20 @@ func newEnv(t *testing.T, o envOpt) *env {
 	if e.rec, err = usage.New(cs, interval, log); err != nil {
 		t.Fatal(err)
 	}
+	def := config.Default()
 	e.check, err = extauthz.New(e.format, e.hasher, e.cache, lim, m, extauthz.Options{
 		Headers: []string{"x-api-key"}, DefaultRate: apikey.Rate{N: 1_000_000, Per: time.Minute},
+		KeyIDHeader: def.Headers.KeyID, WorkspaceHeader: def.Headers.Workspace, Realm: def.Response.Realm,
+		Body: def.Response.Body, RateHeaders: def.Response.RateHeaders, Reset: def.Response.Reset,
 		Used: e.rec.Used,
 	}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	opt := Options{MaxBody: o.maxBody}
+	if opt.MaxBody == 0 {
+		opt.MaxBody = testMaxBody
+	}
 	if !o.noOnChange {
 		opt.OnChange = func(ctx context.Context) error {
 			e.changes.Add(1)
@@ -242,6 +251,23 @@ func (r resp) json(t *testing.T, v any) {
 	if err := json.Unmarshal(r.body, v); err != nil {
 		t.Fatalf("decode %s: %v", r.body, err)
 	}
+}
+
+// view checks r's status against code: an error answer must name field (ok
+// false); a success is decoded into v (ok true).
+func (r resp) view(t *testing.T, code int, field string) (v View, ok bool) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("code %d, want %d: %s", r.code, code, r.body)
+	}
+	if code >= 300 {
+		if ae := r.apiErr(t); ae.Field != field {
+			t.Errorf("field %q, want %q (message %q)", ae.Field, field, ae.Message)
+		}
+		return v, false
+	}
+	r.json(t, &v)
+	return v, true
 }
 
 // apiErr decodes an error answer.
@@ -277,6 +303,14 @@ func (e *env) call(method, path, token, ct string, body []byte) resp {
 	if ct != "" {
 		req.Header.Set("Content-Type", ct)
 	}
+	r := e.do(req)
+	e.validate(req, body, r)
+	return r
+}
+
+// do sends req to the test server and reads the whole answer.
+func (e *env) do(req *http.Request) resp {
+	e.t.Helper()
 	res, err := e.srv.Client().Do(req)
 	if err != nil {
 		e.t.Fatal(err)
@@ -286,9 +320,7 @@ func (e *env) call(method, path, token, ct string, body []byte) resp {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	r := resp{code: res.StatusCode, header: res.Header, body: b}
-	e.validate(req, body, r)
-	return r
+	return resp{code: res.StatusCode, header: res.Header, body: b}
 }
 
 // validate checks an answer (and a successful request) against the OpenAPI document.
@@ -330,13 +362,13 @@ func jsonBody(t *testing.T, v any) []byte {
 }
 
 // create makes a key through the API and returns its view (with the secret).
-func (e *env) create(ws, name string) apikey.View {
+func (e *env) create(ws, name string) View {
 	e.t.Helper()
 	r := e.call("POST", "/v1/workspaces/"+ws+"/api-keys", opsToken, "application/json", jsonBody(e.t, map[string]any{"name": name}))
 	if r.code != http.StatusCreated {
 		e.t.Fatalf("create %s/%s: %d %s", ws, name, r.code, r.body)
 	}
-	var v apikey.View
+	var v View
 	r.json(e.t, &v)
 	return v
 }
@@ -356,7 +388,7 @@ func (e *env) allowed(secret string) bool {
 }
 
 // leaks returns the places among texts where a secret (or its part after the display form) appears.
-func leaks(secrets []apikey.View, texts map[string]string) []string {
+func leaks(secrets []View, texts map[string]string) []string {
 	var out []string
 	for _, v := range secrets {
 		if v.Key == "" || len(v.Key) <= len(v.Display) {

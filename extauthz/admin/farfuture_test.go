@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/store/storetest"
 )
 
@@ -26,7 +25,7 @@ func TestFarFutureTimesOnCheck(t *testing.T) {
 				if r.code != http.StatusCreated {
 					t.Fatalf("create with %s %s: %d %s", field, stamp, r.code, r.body)
 				}
-				var v apikey.View
+				var v View
 				r.json(t, &v)
 				got := e.call("GET", "/v1/workspaces/acme/api-keys/"+v.ID, opsToken, "", nil)
 				var g map[string]any

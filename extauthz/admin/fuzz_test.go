@@ -88,23 +88,8 @@ func FuzzCreateBody(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	format, err := apikey.NewFormat("kz", 256, false)
-	if err != nil {
-		f.Fatal(err)
-	}
-	hasher, err := apikey.NewHasher(map[int][]byte{1: pepper}, 1)
-	if err != nil {
-		f.Fatal(err)
-	}
 	store := &memStore{}
-	m, err := apikey.NewManager(store, format, hasher, func(string) int { return 10 })
-	if err != nil {
-		f.Fatal(err)
-	}
-	h, err := New(m, []Token{{Name: "ops", Secret: []byte(opsToken)}}, Options{MaxBody: 4096}, zap.NewNop())
-	if err != nil {
-		f.Fatal(err)
-	}
+	h, format := fuzzHandler(f, store)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req := httptest.NewRequest("POST", "/v1/workspaces/acme/api-keys", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+opsToken)
@@ -114,7 +99,7 @@ func FuzzCreateBody(f *testing.F) {
 		h.ServeHTTP(rec, req)
 		switch rec.Code {
 		case http.StatusCreated:
-			var v apikey.View
+			var v View
 			if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil || v.Key == "" || v.Name == "" {
 				t.Fatalf("201 with body %s (%v)", rec.Body.Bytes(), err)
 			}
@@ -178,22 +163,7 @@ func FuzzAdminPath(f *testing.F) {
 	} {
 		f.Add(s[0], s[1])
 	}
-	format, err := apikey.NewFormat("kz", 256, false)
-	if err != nil {
-		f.Fatal(err)
-	}
-	hasher, err := apikey.NewHasher(map[int][]byte{1: pepper}, 1)
-	if err != nil {
-		f.Fatal(err)
-	}
-	m, err := apikey.NewManager(&memStore{}, format, hasher, func(string) int { return 10 })
-	if err != nil {
-		f.Fatal(err)
-	}
-	h, err := New(m, []Token{{Name: "ops", Secret: []byte(opsToken)}}, Options{MaxBody: 4096}, zap.NewNop())
-	if err != nil {
-		f.Fatal(err)
-	}
+	h, format := fuzzHandler(f, &memStore{})
 	f.Fuzz(func(t *testing.T, ws, id string) {
 		if ws == "" || id == "" {
 			return // an empty segment is another route (or a redirect), not a value
@@ -227,7 +197,7 @@ func FuzzAdminPath(f *testing.F) {
 					t.Fatalf("%s %s: %d %s, want 400 naming workspace", rt.method, rt.path, rec.Code, rec.Body.Bytes())
 				}
 			case rec.Code == http.StatusCreated:
-				var v apikey.View
+				var v View
 				if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil {
 					t.Fatal(err)
 				}
@@ -242,4 +212,27 @@ func FuzzAdminPath(f *testing.F) {
 			}
 		}
 	})
+}
+
+// fuzzHandler returns an admin handler over store (token opsToken, 4 KiB
+// bodies, 10 keys a workspace) and the key format it issues.
+func fuzzHandler(f *testing.F, store *memStore) (*Handler, *apikey.Format) {
+	f.Helper()
+	format, err := apikey.NewFormat("kz", 256, false)
+	if err != nil {
+		f.Fatal(err)
+	}
+	hasher, err := apikey.NewHasher(map[int][]byte{1: pepper}, 1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	m, err := apikey.NewManager(store, format, hasher, func(string) int { return 10 })
+	if err != nil {
+		f.Fatal(err)
+	}
+	h, err := New(m, []Token{{Name: "ops", Secret: []byte(opsToken)}}, Options{MaxBody: 4096}, zap.NewNop())
+	if err != nil {
+		f.Fatal(err)
+	}
+	return h, format
 }

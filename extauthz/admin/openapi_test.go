@@ -35,7 +35,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		}
 	}
 	e := newEnv(t, envOpt{})
-	h, err := New(e.mgr, []Token{{Name: "ops", Secret: []byte(opsToken)}}, Options{}, zap.NewNop())
+	h, err := New(e.mgr, []Token{{Name: "ops", Secret: []byte(opsToken)}}, Options{MaxBody: testMaxBody}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

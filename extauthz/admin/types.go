@@ -6,6 +6,39 @@ import (
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
 
+// View is a key's JSON form in the admin API (and in the CLI's --json output).
+// Key (the secret) is set only in the answer to create and refresh.
+type View struct {
+	ID         string            `json:"id"`
+	Workspace  string            `json:"workspace"`
+	Name       string            `json:"name"`
+	Key        string            `json:"key,omitempty"`
+	Display    string            `json:"display"`
+	CreatedAt  time.Time         `json:"created_at"`
+	LastUsedAt *time.Time        `json:"last_used_at"`
+	ExpiresAt  *time.Time        `json:"expires_at"`
+	NotBefore  *time.Time        `json:"not_before,omitempty"`
+	RateLimit  string            `json:"rate_limit,omitempty"`
+	Grants     []string          `json:"grants,omitempty"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
+}
+
+// NewView renders k; secret is "" except right after create or refresh.
+func NewView(k apikey.Key, secret string) View {
+	opt := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		u := t.UTC()
+		return &u
+	}
+	return View{
+		ID: k.ID, Workspace: k.Workspace, Name: k.Name, Key: secret, Display: k.Display,
+		CreatedAt: k.CreatedAt.UTC(), LastUsedAt: opt(k.LastUsedAt), ExpiresAt: opt(k.ExpiresAt),
+		NotBefore: opt(k.NotBefore), RateLimit: k.RateLimit.String(), Grants: k.Grants, Metadata: k.Metadata,
+	}
+}
+
 // Event is an audit event's JSON form; it never holds a secret.
 type Event struct {
 	Seq    int64     `json:"seq"`
@@ -23,8 +56,8 @@ func NewEvent(e apikey.Event) Event {
 
 // KeyPage is one page of GET /v1/workspaces/{ws}/api-keys; NextCursor is "" on the last page.
 type KeyPage struct {
-	Items      []apikey.View `json:"items"`
-	NextCursor string        `json:"next_cursor,omitempty"`
+	Items      []View `json:"items"`
+	NextCursor string `json:"next_cursor,omitempty"`
 }
 
 // AuditPage is one page of GET /v1/workspaces/{ws}/audit; NextCursor is "" on the last page.

@@ -62,9 +62,6 @@ func NewFormat(prefix string, maxLen int, imported bool) (*Format, error) {
 // Prefix returns the issued-key prefix without the trailing '_'.
 func (f *Format) Prefix() string { return f.prefix }
 
-// MaxLen returns the longest key accepted, in bytes.
-func (f *Format) MaxLen() int { return f.maxLen }
-
 func issuedByte(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '_'
 }

@@ -82,9 +82,6 @@ type mac struct {
 // unsafeBytes views s as bytes without copying; callers must not modify or retain it.
 func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
-// Hex returns the digest sum in lower-case hex (for text stores and logs; not secret).
-func (d Digest) Hex() string { return hex.EncodeToString(d.Sum[:]) }
-
 // ParseDigestHex reads a 64-character hex digest sum.
 func ParseDigestHex(s string, version int) (Digest, error) {
 	d := Digest{Version: version}

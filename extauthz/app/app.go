@@ -38,14 +38,15 @@ import (
 	"github.com/keyauthz/keyauthz/extauthz/usage"
 )
 
-// AuthService is the gRPC service name health reports on besides "".
-const AuthService = "envoy.service.auth.v3.Authorization"
-
 // Options carry what a caller may inject instead of what the config names.
 type Options struct {
 	Embedded bool                 // no config file: create the pepper beside the SQLite file
 	Store    apikey.Store         // use this store instead of opening cfg.Store.URL
 	Registry *prometheus.Registry // metrics registry; a fresh one when nil
+	// CheckPeppers, for NewManager, refuses a store holding live keys under a
+	// pepper version the config lacks, as serve always does (the commands
+	// that hash secrets set it; list, audit and delete do not need it).
+	CheckPeppers bool
 }
 
 // App is a running keyauthz: gRPC Check + health, HTTP health, metrics and admin.
@@ -69,6 +70,8 @@ type App struct {
 	reg      *prometheus.Registry
 	state    atomic.Int32 // stateStarting, stateReady, stateDegraded, stateStopping
 	bg       *background
+
+	feedGrace time.Duration // how long change-feed polls may fail before /readyz says degraded
 }
 
 const (
@@ -80,7 +83,7 @@ const (
 
 // New builds every component from cfg and binds the listeners; Run serves.
 func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (_ *App, err error) {
-	a := &App{cfg: cfg, log: log, reg: opt.Registry}
+	a := &App{cfg: cfg, log: log, reg: opt.Registry, feedGrace: feedGrace}
 	defer func() {
 		if err != nil {
 			a.closeAll()
@@ -93,8 +96,28 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	if a.format, err = apikey.NewFormat(cfg.Keys.Prefix, cfg.Keys.MaxLength, cfg.Keys.Imported); err != nil {
 		return nil, &config.FieldError{Path: "keys.prefix", Msg: err.Error()}
 	}
-	if a.hasher, err = peppers(&cfg, opt.Embedded, log); err != nil {
+	// Everything the config names is checked, and the listeners bound, before
+	// the store or the embedded default's pepper is created on disk.
+	if _, err = usesDefaultPepper(&cfg, opt.Embedded); err != nil {
 		return nil, err
+	}
+	if err = readPeppersFirst(&cfg); err != nil {
+		return nil, err
+	}
+	var toks []admin.Token
+	if len(cfg.Admin.Tokens) > 0 {
+		if toks, err = adminTokens(cfg.Admin.Tokens); err != nil {
+			return nil, err
+		}
+	}
+	if a.grpc, err = newGRPC(&cfg.GRPC); err != nil {
+		return nil, err
+	}
+	if a.glis, err = listen(cfg.GRPC.Listen); err != nil {
+		return nil, &config.FieldError{Path: "grpc.listen", Msg: err.Error()}
+	}
+	if a.hlis, err = listen(cfg.HTTP.Listen); err != nil {
+		return nil, &config.FieldError{Path: "http.listen", Msg: err.Error()}
 	}
 	a.store = opt.Store
 	if a.store == nil {
@@ -102,24 +125,53 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 			return nil, err
 		}
 	}
+	if p, ok := a.store.(*pendingStore); ok { // PostgreSQL, opened later: check the peppers then
+		if a.hasher, err = peppers(&cfg, opt.Embedded, log); err != nil {
+			return nil, err
+		}
+		open, h := p.open, a.hasher
+		p.open = func(ctx context.Context) (apikey.Store, error) {
+			s, err := open(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkPeppers(ctx, s, h); err != nil {
+				s.Close()
+				return nil, err
+			}
+			return s, nil
+		}
+	} else if a.hasher, err = storeHasher(ctx, &cfg, opt.Embedded, true, true, a.store, log); err != nil {
+		return nil, err
+	}
+	lat, err := newLatency(a.reg)
+	if err != nil {
+		return nil, err
+	}
 	a.cache, err = keycache.New(cacheSource(a.store), keycache.Options{
 		Size: cfg.Cache.Size, TTL: cfg.Cache.TTL, NegativeSize: cfg.Cache.NegativeSize,
 		NegativeTTL: cfg.Cache.NegativeTTL, MaxStaleness: cfg.Store.MaxStaleness, ReadTimeout: cfg.Store.Timeout,
+		ObserveRead: lat.storeRead,
 	}, log.Named("cache"))
 	if err != nil {
 		return nil, err
 	}
-	if a.follower, err = keycache.NewFollower(a.store, a.cache, cfg.Store.FollowInterval, log.Named("follow")); err != nil {
+	if a.follower, err = keycache.NewFollower(a.store, a.cache, cfg.Store.FollowInterval, log.Named("follower")); err != nil {
 		return nil, err
 	}
 	if err = registerCacheMetrics(a.reg, a.cache, a.follower); err != nil {
 		return nil, err
 	}
-	lim, err := newLimiter(&cfg, log)
+	lim, err := newLimiter(&cfg, log.Named("ratelimit"))
 	if err != nil {
 		return nil, err
 	}
 	a.limiter = lim
+	if r, ok := lim.(*redisLimiter); ok {
+		if err = registerRedisMetrics(a.reg, r.Redis); err != nil {
+			return nil, err
+		}
+	}
 	metrics, err := extauthz.NewMetrics(a.reg)
 	if err != nil {
 		return nil, err
@@ -128,18 +180,19 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	if a.usage, err = usage.New(a.store, cfg.Store.TouchInterval, log.Named("usage")); err != nil {
 		return nil, err
 	}
-	if len(cfg.Admin.Tokens) > 0 {
-		toks, err := admin.TokensFromConfig(cfg.Admin.Tokens)
+	if err = registerUsageMetrics(a.reg, a.usage); err != nil {
+		return nil, err
+	}
+	if len(toks) > 0 {
+		mgr, err := apikey.NewManager(a.store, a.format, a.hasher, maxKeys(&cfg))
 		if err != nil {
 			return nil, err
 		}
-		mgr, err := apikey.NewManager(a.store, a.format, a.hasher, MaxKeys(&cfg))
-		if err != nil {
+		if a.admin, err = admin.New(mgr, toks, admin.Options{MaxBody: cfg.Admin.MaxBody, OnChange: a.follower.Poll, Observe: lat.admin}, log.Named("admin")); err != nil {
 			return nil, err
 		}
-		if a.admin, err = admin.New(mgr, toks, admin.Options{MaxBody: cfg.Admin.MaxBody, OnChange: a.follower.Poll}, log.Named("admin")); err != nil {
-			return nil, err
-		}
+	} else {
+		log.Named("admin").Info(adminOff)
 	}
 	wsRate := map[string]apikey.Rate{}
 	for name, w := range cfg.Workspaces {
@@ -147,42 +200,26 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	}
 	a.check, err = extauthz.New(a.format, a.hasher, a.cache, lim, metrics, extauthz.Options{
 		Headers: cfg.Headers.APIKey, Bearer: cfg.Headers.Bearer,
-		KeyIDHeader: cfg.Headers.KeyID, WorkspaceHdr: cfg.Headers.Workspace,
+		KeyIDHeader: cfg.Headers.KeyID, WorkspaceHeader: cfg.Headers.Workspace,
 		Templates: cfg.Ownership.PathTemplates, DefaultRate: cfg.RateLimit.Default, WorkspaceRate: wsRate,
-		Body: cfg.Response.Body, Realm: cfg.Response.Realm, RateHeaders: cfg.Response.RateHeader,
-		ResetUnix:  cfg.Response.Reset == "unix",
+		Body: cfg.Response.Body, Realm: cfg.Response.Realm, RateHeaders: cfg.Response.RateHeaders, Reset: cfg.Response.Reset,
 		RevokedUse: a.bg.revokedUse, Rehash: a.bg.rehash, Used: a.usage.Used,
-	}, log)
+	}, log.Named("check"))
 	if err != nil {
-		return nil, err
-	}
-	if a.grpc, err = newGRPC(&cfg.GRPC); err != nil {
 		return nil, err
 	}
 	a.health = health.NewServer()
 	a.setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
-	if cfg.GRPC.Codec == "fast" {
+	if cfg.GRPC.Codec == config.CodecFast {
 		fastgrpc.Register(a.grpc, a.check)
 	} else {
 		authv3.RegisterAuthorizationServer(a.grpc, a.check)
 	}
 	healthpb.RegisterHealthServer(a.grpc, a.health)
-	if a.glis, err = listen(cfg.GRPC.Listen); err != nil {
-		return nil, &config.FieldError{Path: "grpc.listen", Msg: err.Error()}
-	}
-	if a.hlis, err = listen(cfg.HTTP.Listen); err != nil {
-		return nil, &config.FieldError{Path: "http.listen", Msg: err.Error()}
-	}
 	a.glis, a.hlis = limitListeners(a.glis, a.hlis, &cfg, log)
 	a.http = newHTTPServer(&cfg.HTTP, a.routes())
 	return a, nil
 }
-
-// GRPCAddr is the bound gRPC address (useful with port 0).
-func (a *App) GRPCAddr() net.Addr { return a.glis.Addr() }
-
-// HTTPAddr is the bound HTTP address.
-func (a *App) HTTPAddr() net.Addr { return a.hlis.Addr() }
 
 // Run serves until ctx is done, then drains: health NOT_SERVING, GracefulStop with
 // the drain deadline, HTTP shutdown, background flushes, then caches and stores close.
@@ -227,8 +264,8 @@ func (a *App) Run(ctx context.Context) error {
 	run(a.bg.run)
 	run(a.usage.Run)
 	log.Info("serving", zap.String("grpc", a.glis.Addr().String()), zap.String("http", a.hlis.Addr().String()),
-		zap.String("store", config.RedactURL(a.cfg.Store.URL)), zap.String("ratelimit", a.cfg.RateLimit.Backend),
-		zap.String("codec", a.cfg.GRPC.Codec))
+		zap.String("store", config.RedactURL(a.cfg.Store.URL)), zap.Stringer("ratelimit", a.cfg.RateLimit.Backend),
+		zap.Stringer("codec", a.cfg.GRPC.Codec))
 
 	var err error
 	select {
@@ -286,9 +323,10 @@ func (a *App) closeAll() {
 	}
 }
 
+// setHealth sets the gRPC health of the server ("") and of the ext_authz service.
 func (a *App) setHealth(s healthpb.HealthCheckResponse_ServingStatus) {
 	a.health.SetServingStatus("", s)
-	a.health.SetServingStatus(AuthService, s)
+	a.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, s)
 }
 
 // watchStore turns SERVING once the store answers, then keeps probing it:
@@ -325,6 +363,24 @@ func (a *App) watchStore(ctx context.Context) {
 	}
 }
 
+// adminOff is the log line at start, and the /v1 answer, when no admin token is configured.
+const adminOff = "admin api off: set admin.tokens to enable"
+
+// feedGrace is how long the change feed's polls may fail before /readyz says
+// degraded: a blip is retried on the next poll, a lasting failure is reported.
+const feedGrace = 5 * time.Second
+
+// feedFailing reports whether the change feed's polls have failed for at least
+// a.feedGrace: keys changed on other replicas (revoked, rotated) may then stay
+// cached here, up to cache.ttl.
+func (a *App) feedFailing() bool {
+	if a.follower.Healthy() {
+		return false
+	}
+	since := a.follower.FailingSince()
+	return !since.IsZero() && time.Since(since) >= a.feedGrace
+}
+
 func (a *App) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -333,6 +389,10 @@ func (a *App) routes() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		switch a.state.Load() {
 		case stateReady:
+			if a.feedFailing() {
+				writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "reason": "change feed failing; keys changed on other replicas may stay cached here"})
+				return
+			}
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 		case stateDegraded:
 			writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "reason": "store unreachable; serving cached keys"})
@@ -345,6 +405,10 @@ func (a *App) routes() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	if a.admin != nil {
 		mux.Handle("/v1/", a.admin)
+	} else {
+		mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusNotFound, map[string]string{"code": "admin_off", "field": "admin.tokens", "message": adminOff})
+		})
 	}
 	if a.cfg.HTTP.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -361,7 +425,7 @@ const grpcWindow = 1 << 20
 
 func newGRPC(c *config.GRPC) (*grpc.Server, error) {
 	var opts []grpc.ServerOption
-	if c.Codec == "fast" {
+	if c.Codec == config.CodecFast {
 		opts = append(opts, fastgrpc.ServerOption())
 	}
 	opts = append(opts,
@@ -416,7 +480,7 @@ func newLimiter(cfg *config.Config, log *zap.Logger) (interface {
 	extauthz.Limiter
 	Close() error
 }, error) {
-	if cfg.RateLimit.Backend == "redis" {
+	if cfg.RateLimit.Backend == config.BackendRedis {
 		return newRedisLimiter(cfg, log)
 	}
 	return ratelimit.NewLocal(1_000_000)

@@ -19,6 +19,7 @@ import (
 	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/store/sqlite"
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 // gatedStore fails Ping until opened, and can hold Lookups until released.
@@ -53,15 +54,10 @@ func testConfig(t *testing.T) config.Config {
 	return cfg
 }
 
+// waitFor waits until cond holds, for up to 5 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Until(t, 5*time.Second, what, cond)
 }
 
 func TestHealthTransitionsAndDrain(t *testing.T) {
@@ -113,14 +109,14 @@ func TestHealthTransitionsAndDrain(t *testing.T) {
 
 	g.ready.Store(true)
 	waitFor(t, "SERVING", func() bool {
-		return status("") == healthpb.HealthCheckResponse_SERVING && status(AuthService) == healthpb.HealthCheckResponse_SERVING
+		return status("") == healthpb.HealthCheckResponse_SERVING && status(authv3.Authorization_ServiceDesc.ServiceName) == healthpb.HealthCheckResponse_SERVING
 	})
 	if c := readyz(); c != http.StatusOK {
 		t.Fatalf("/readyz when serving: %d", c)
 	}
 
 	// A Check in flight when shutdown starts is drained, not cut off.
-	m, err := apikey.NewManager(st, a.format, a.hasher, MaxKeys(&cfg))
+	m, err := apikey.NewManager(st, a.format, a.hasher, maxKeys(&cfg))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ func startApp(t *testing.T, cfg config.Config) *App {
 // newSecret creates a key in a's store and returns the secret.
 func newSecret(t *testing.T, a *App) string {
 	t.Helper()
-	m, err := apikey.NewManager(a.store, a.format, a.hasher, MaxKeys(&a.cfg))
+	m, err := apikey.NewManager(a.store, a.format, a.hasher, maxKeys(&a.cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,8 +237,8 @@ func memInUse() uint64 {
 // memory, cuts them DEADLINE_EXCEEDED grpc.request_timeout after their
 // headers, and answers other clients' Checks meanwhile. Under both codecs.
 func TestGRPCWaitingStreamsBounded(t *testing.T) {
-	for _, codec := range []string{"fast", "standard"} {
-		t.Run(codec, func(t *testing.T) {
+	for _, codec := range []config.Codec{config.CodecFast, config.CodecStandard} {
+		t.Run(codec.String(), func(t *testing.T) {
 			const (
 				attempts = 20_000
 				timeout  = 2 * time.Second
@@ -258,7 +258,7 @@ func TestGRPCWaitingStreamsBounded(t *testing.T) {
 			goroutines, mem := runtime.NumGoroutine(), memInUse()
 			c := dialRaw(t, a.GRPCAddr())
 			start := time.Now()
-			c.open(t, "/"+AuthService+"/Check", attempts)
+			c.open(t, authv3.Authorization_Check_FullMethodName, attempts)
 			sent := time.Now()
 			dg, dm := runtime.NumGoroutine()-goroutines, int64(memInUse())-int64(mem)
 			held, refused, early := int64(cfg.GRPC.MaxStreams), c.refused.Load(), c.ended.Load()

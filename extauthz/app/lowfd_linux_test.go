@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -98,7 +98,7 @@ func TestHTTPSlowClientsCannotStarveGRPC(t *testing.T) {
 	for i := range 5 {
 		conn := dialGRPCAddr(t, grpcAddr)
 		cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Second)
-		r, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: AuthService})
+		r, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: authv3.Authorization_ServiceDesc.ServiceName})
 		ccancel()
 		if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Fatalf("new gRPC client %d with %d slow HTTP clients: %v %v", i, clients, r, err)
@@ -118,20 +118,9 @@ func serveLowFD(t *testing.T, dir string) {
 	}
 	cfg := testConfig(t)
 	cfg.Store.URL = "sqlite://" + filepath.Join(dir, "keys.db")
-	a, err := New(context.Background(), cfg, zap.NewNop(), Options{Embedded: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- a.Run(ctx) }()
-	waitFor(t, "ready", func() bool { return a.state.Load() == stateReady })
+	a := startApp(t, cfg) // stopped, and Run's error reported, when the child test ends
 	fmt.Printf("serving %s %s\n", a.GRPCAddr(), a.HTTPAddr())
 	_, _ = io.Copy(io.Discard, os.Stdin)
-	stop()
-	if err := <-ran; err != nil {
-		t.Fatal(err)
-	}
 }
 
 // settled waits until process pid's count of open files has not changed for

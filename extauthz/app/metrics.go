@@ -1,9 +1,13 @@
 package app
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyauthz/keyauthz/extauthz/keycache"
+	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
+	"github.com/keyauthz/keyauthz/extauthz/usage"
 )
 
 // registerCacheMetrics exposes the key cache's counters and sizes, read at scrape time.
@@ -14,18 +18,49 @@ func registerCacheMetrics(reg prometheus.Registerer, c *keycache.Cache, f *keyca
 	gauge := func(name, help string, get func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, get)
 	}
-	for _, col := range []prometheus.Collector{
+	return register(reg,
 		counter("keyauthz_cache_hits_total", "Lookups answered from a fresh positive cache entry.", func(s keycache.Stats) uint64 { return s.Hits }),
 		counter("keyauthz_cache_negative_hits_total", "Lookups answered from a negative (unknown key) entry.", func(s keycache.Stats) uint64 { return s.NegativeHits }),
 		counter("keyauthz_cache_misses_total", "Lookups not answered from a fresh entry.", func(s keycache.Stats) uint64 { return s.Misses }),
+		counter("keyauthz_cache_lookups_total", "Cache lookups: hits + negative hits + misses (hit ratio: keyauthz_cache_hits_total / keyauthz_cache_lookups_total).",
+			func(s keycache.Stats) uint64 { return s.Hits + s.NegativeHits + s.Misses }),
 		counter("keyauthz_cache_store_reads_total", "Store lookups made by the cache.", func(s keycache.Stats) uint64 { return s.StoreReads }),
 		counter("keyauthz_cache_store_errors_total", "Store lookups that failed.", func(s keycache.Stats) uint64 { return s.StoreErrors }),
 		counter("keyauthz_cache_stale_serves_total", "Stale entries served during a store outage.", func(s keycache.Stats) uint64 { return s.StaleServes }),
 		gauge("keyauthz_cache_entries", "Positive cache entries.", func() float64 { return float64(c.Len()) }),
 		gauge("keyauthz_cache_negative_entries", "Negative cache entries.", func() float64 { return float64(c.NegativeLen()) }),
 		gauge("keyauthz_change_feed_seq", "Last change-feed sequence applied.", func() float64 { return float64(f.Seq()) }),
-	} {
-		if err := reg.Register(col); err != nil {
+		gauge("keyauthz_change_feed_lag_seconds", "Seconds since the change feed was last read successfully (since start before the first read): key changes made on other replicas within this window may not have reached this replica's cache yet. Normally below store.follow_interval.",
+			func() float64 { return time.Since(f.LastPolled()).Seconds() }),
+	)
+}
+
+// registerUsageMetrics exposes the last-use recorder's counters, read at scrape time.
+func registerUsageMetrics(reg prometheus.Registerer, r *usage.Recorder) error {
+	return register(reg,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyauthz_usage_pending_keys", Help: "Keys whose last use waits for the next write to the store."},
+			func() float64 { return float64(r.Stats().Pending) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyauthz_usage_flushes_total", Help: "Batches of last-use times written to the store."},
+			func() float64 { return float64(r.Stats().Flushes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyauthz_usage_flush_failures_total", Help: "Batches of last-use times the store failed to write (retried later)."},
+			func() float64 { return float64(r.Stats().Failures) }),
+	)
+}
+
+// registerRedisMetrics exposes the Redis limiter's counters, read at scrape time.
+func registerRedisMetrics(reg prometheus.Registerer, r *ratelimit.Redis) error {
+	return register(reg,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyauthz_ratelimit_redis_calls_total", Help: "Commands sent to Redis: one per decision that reached it, two when it had to load the script."},
+			func() float64 { return float64(r.Calls()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyauthz_ratelimit_deny_cache_hits_total", Help: "Decisions the local deny cache answered without Redis (a key known to be over its limit)."},
+			func() float64 { return float64(r.CacheHits()) }),
+	)
+}
+
+// register registers cols with reg, stopping at the first error.
+func register(reg prometheus.Registerer, cols ...prometheus.Collector) error {
+	for _, c := range cols {
+		if err := reg.Register(c); err != nil {
 			return err
 		}
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,29 +28,15 @@ var _ extauthz.Limiter = (*redisLimiter)(nil)
 
 func newRedisLimiter(cfg *config.Config, log *zap.Logger) (*redisLimiter, error) {
 	rc := cfg.RateLimit.Redis
-	pw := ""
-	switch {
-	case rc.PasswordFile != "":
-		b, err := os.ReadFile(rc.PasswordFile)
-		if err != nil {
-			return nil, &config.FieldError{Path: "ratelimit.redis.password_file", Msg: err.Error()}
-		}
-		pw = strings.TrimRight(string(b), "\r\n")
-	case rc.PasswordEnv != "":
-		var ok bool
-		if pw, ok = os.LookupEnv(rc.PasswordEnv); !ok || pw == "" {
-			return nil, &config.FieldError{Path: "ratelimit.redis.password_env",
-				Msg: fmt.Sprintf("environment variable %s is not set or empty (drop password_env for a Redis without a password)", rc.PasswordEnv)}
-		}
+	pw, err := rc.Password.Read("ratelimit.redis.password") // none when not configured
+	if err != nil {
+		return nil, err
 	}
-	if rc.PasswordFile != "" && pw == "" {
-		return nil, &config.FieldError{Path: "ratelimit.redis.password_file", Msg: "file is empty (drop password_file for a Redis without a password)"}
-	}
-	client, err := ratelimit.NewRedisClient(rc.Addrs, rc.Cluster, pw)
+	client, err := ratelimit.NewRedisClient(rc.Addrs, rc.Cluster, string(pw))
 	if err != nil {
 		return nil, &config.FieldError{Path: "ratelimit.redis", Msg: err.Error()}
 	}
-	lim, err := ratelimit.NewRedis(client, log.Named("redis"), ratelimit.RedisOptions{Timeout: cfg.RateLimit.Timeout, OnError: cfg.RateLimit.OnError})
+	lim, err := ratelimit.NewRedis(client, log, ratelimit.RedisOptions{Timeout: cfg.RateLimit.Timeout, OnError: cfg.RateLimit.OnError})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("ratelimit.redis: %w", err)

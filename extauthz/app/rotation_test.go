@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,31 +10,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/keycache"
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
 	"github.com/keyauthz/keyauthz/extauthz/store/sqlite"
 	"github.com/keyauthz/keyauthz/extauthz/store/storetest"
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
-
-// testClock is a clock tests move by hand.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // rotation is a pepper rotation (current: 2, versions 1 and 2) over one SQLite
 // store, with replicas built from the Check path's real parts.
@@ -85,7 +68,7 @@ func (r *rotation) key(t *testing.T) (secret string, nk apikey.NewKey) {
 // over the store's CheckReader, change-feed follower, background re-hasher
 // (when run), Check service.
 type replica struct {
-	clock    *testClock
+	clock    *testenv.Clock
 	cache    *keycache.Cache
 	follower *keycache.Follower
 	bg       *background
@@ -94,7 +77,7 @@ type replica struct {
 
 func (r *rotation) replica(t *testing.T, opt keycache.Options, rehash bool) *replica {
 	t.Helper()
-	rp := &replica{clock: &testClock{t: time.Now()}}
+	rp := &replica{clock: testenv.NewClock(time.Now())}
 	opt.Now = rp.clock.Now
 	var err error
 	if rp.cache, err = keycache.New(r.store.CheckReader(), opt, zap.NewNop()); err != nil {
@@ -115,7 +98,10 @@ func (r *rotation) replica(t *testing.T, opt keycache.Options, rehash bool) *rep
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := extauthz.Options{Headers: []string{"x-api-key"}, DefaultRate: apikey.Rate{N: 1_000_000, Per: time.Second}}
+	def := config.Default()
+	opts := extauthz.Options{Headers: []string{"x-api-key"}, DefaultRate: apikey.Rate{N: 1_000_000, Per: time.Second},
+		KeyIDHeader: def.Headers.KeyID, WorkspaceHeader: def.Headers.Workspace, Realm: def.Response.Realm,
+		Body: def.Response.Body, RateHeaders: def.Response.RateHeaders, Reset: def.Response.Reset}
 	if rehash {
 		rp.bg = newBackground(r.store, rp.cache, r.v2, zap.NewNop())
 		ctx, stop := context.WithCancel(context.Background())
@@ -174,7 +160,7 @@ func TestPepperRotationNoDenials(t *testing.T) {
 	}
 	r.rehashed(t, rp, secret)
 	for i := 1; i <= 100; i++ {
-		rp.clock.add(350 * time.Millisecond)
+		rp.clock.Add(350 * time.Millisecond)
 		if got := rp.status(t, secret); got != 200 {
 			t.Fatalf("Check %d, %v after the re-hash: %d, want 200", i, time.Duration(i)*350*time.Millisecond, got)
 		}
@@ -206,7 +192,7 @@ func TestPepperRotationOtherReplicaNoDenials(t *testing.T) {
 
 	// b has not read the change feed yet; its entry for the old digest is past
 	// its TTL, its negative entry for the new one is not.
-	b.clock.add(11 * time.Second)
+	b.clock.Add(11 * time.Second)
 	if got := b.status(t, secret); got != 200 {
 		t.Fatalf("Check on b before its follower applied the re-hash: %d, want 200", got)
 	}
@@ -214,8 +200,8 @@ func TestPepperRotationOtherReplicaNoDenials(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 1; i <= 100; i++ {
-		a.clock.add(350 * time.Millisecond)
-		b.clock.add(350 * time.Millisecond)
+		a.clock.Add(350 * time.Millisecond)
+		b.clock.Add(350 * time.Millisecond)
 		for name, rp := range map[string]*replica{"a": a, "b": b} {
 			if got := rp.status(t, secret); got != 200 {
 				t.Fatalf("Check %d on %s: %d, want 200", i, name, got)
@@ -245,7 +231,7 @@ func TestPepperRotationFollowerEvictsNewDigest(t *testing.T) {
 	}
 	before := b.cache.Stats().NegativeHits
 	for i := 1; i <= 100; i++ {
-		b.clock.add(350 * time.Millisecond)
+		b.clock.Add(350 * time.Millisecond)
 		if got := b.status(t, secret); got != 200 {
 			t.Fatalf("Check %d on b: %d, want 200", i, got)
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/store/sqlite"
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 // writePepper writes a pepper file with the given mode and configures it.
@@ -35,20 +35,8 @@ func writePepper(t *testing.T, cfg *config.Config, mode os.FileMode) string {
 	if err := os.Chmod(p, mode); err != nil { // whatever the umask
 		t.Fatal(err)
 	}
-	cfg.Pepper = config.Pepper{Current: 1, Versions: []config.PepperVersion{{Version: 1, File: p}}}
+	cfg.Pepper = config.Pepper{Current: 1, Versions: []config.PepperVersion{{Version: 1, Secret: config.Secret{File: p}}}}
 	return p
-}
-
-// closedPort returns a loopback address nothing listens on.
-func closedPort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
 
 // A store that cannot be opened makes New return the real error, not panic
@@ -63,7 +51,7 @@ func TestNewReportsStoreOpenErrors(t *testing.T) {
 		"not a database": {"sqlite://" + garbage, "not a database"},
 		"directory":      {"sqlite://" + dir, "is a directory"},
 		"missing file":   {"file://" + filepath.Join(dir, "missing.yaml"), "no such file"},
-		"bad postgres":   {"postgres://u@" + closedPort(t) + "/k?pool_max_conns=x", "pool_max_conns"},
+		"bad postgres":   {"postgres://u@" + testenv.FreeAddr(t) + "/k?pool_max_conns=x", "pool_max_conns"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg := testConfig(t)
@@ -88,7 +76,7 @@ func TestNewReportsStoreOpenErrors(t *testing.T) {
 func TestStoreUnreachableAtStartThenOpens(t *testing.T) {
 	const pw = "Sup3rS3cret"
 	cfg := testConfig(t)
-	cfg.Store.URL = "postgres://u@" + closedPort(t) + "/k?sslmode=disable&password=" + pw
+	cfg.Store.URL = "postgres://u@" + testenv.FreeAddr(t) + "/k?sslmode=disable&password=" + pw
 	writePepper(t, &cfg, 0o600)
 	core, logs := observer.New(zapcore.DebugLevel)
 	a, err := New(context.Background(), cfg, zap.New(core), Options{})
@@ -145,7 +133,7 @@ func TestStoreUnreachableAtStartThenOpens(t *testing.T) {
 // retrying ends Run with that error.
 func TestStoreFailsForGoodWhileRetrying(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.Store.URL = "postgres://u@" + closedPort(t) + "/k?sslmode=disable"
+	cfg.Store.URL = "postgres://u@" + testenv.FreeAddr(t) + "/k?sslmode=disable"
 	writePepper(t, &cfg, 0o600)
 	a, err := New(context.Background(), cfg, zap.NewNop(), Options{})
 	if err != nil {
@@ -213,15 +201,15 @@ func TestPepperFileModeWarning(t *testing.T) {
 	}
 }
 
-// password_env naming an unset (or empty) variable is an error naming the
-// field, not a silent "no password"; so is an empty password_file.
+// password: {env} naming an unset (or empty) variable is an error naming the
+// field, not a silent "no password"; so is an empty password: {file}.
 func TestRedisPasswordSourceMustHoldAPassword(t *testing.T) {
 	const env = "KEYAUTHZ_TEST_REDIS_PASSWORD_UNSET"
 	os.Unsetenv(env)
 	cfg := config.Default()
-	cfg.RateLimit.Backend = "redis"
-	cfg.RateLimit.Redis.Addrs = []string{closedPort(t)}
-	cfg.RateLimit.Redis.PasswordEnv = env
+	cfg.RateLimit.Backend = config.BackendRedis
+	cfg.RateLimit.Redis.Addrs = []string{testenv.FreeAddr(t)}
+	cfg.RateLimit.Redis.Password = config.Secret{Env: env}
 	check := func(field string) {
 		t.Helper()
 		lim, err := newRedisLimiter(&cfg, zap.NewNop())
@@ -234,13 +222,12 @@ func TestRedisPasswordSourceMustHoldAPassword(t *testing.T) {
 			t.Fatalf("newRedisLimiter = %v, want a FieldError at %s", err, field)
 		}
 	}
-	check("ratelimit.redis.password_env")
+	check("ratelimit.redis.password.env")
 	t.Setenv(env, "")
-	check("ratelimit.redis.password_env")
-	cfg.RateLimit.Redis.PasswordEnv = ""
-	cfg.RateLimit.Redis.PasswordFile = filepath.Join(t.TempDir(), "redis-password")
-	if err := os.WriteFile(cfg.RateLimit.Redis.PasswordFile, []byte("\n"), 0o600); err != nil {
+	check("ratelimit.redis.password.env")
+	cfg.RateLimit.Redis.Password = config.Secret{File: filepath.Join(t.TempDir(), "redis-password")}
+	if err := os.WriteFile(cfg.RateLimit.Redis.Password.File, []byte("\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	check("ratelimit.redis.password_file")
+	check("ratelimit.redis.password.file")
 }

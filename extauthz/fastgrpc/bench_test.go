@@ -112,7 +112,7 @@ func BenchmarkFastPath(b *testing.B) {
 	b.SetBytes(int64(len(wire)))
 	for b.Loop() {
 		resp, err := h.check(fx.svc, ctx, dec, nil)
-		if c, ok := resp.(*call); err != nil || !ok || c.out.GetOkResponse() == nil {
+		if c, ok := resp.(*exchange); err != nil || !ok || c.out.GetOkResponse() == nil {
 			b.Fatalf("not allowed: %v %v", resp, err)
 		}
 		out, err := c.Marshal(resp)

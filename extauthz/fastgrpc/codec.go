@@ -6,6 +6,28 @@
 // requests and decide the others alike), and the response is marshalled with
 // vtprotobuf's generated code when the binary is built with -tags vtprotobuf. Responses are the same as extauthz.Service.Check
 // gives; every other service on the server (health) keeps the standard codec.
+//
+// # grpc-go EXPERIMENTAL APIs
+//
+// The fast codec is the default (grpc.codec: fast) and rests on grpc-go APIs
+// marked EXPERIMENTAL, which a minor grpc-go release may change:
+//
+//   - grpc.ForceServerCodecV2, which makes the codec the server's codec for
+//     every service and method, whatever the request's content-subtype;
+//   - package encoding: CodecV2, and GetCodecV2 for the standard proto codec
+//     the codec delegates every other message to;
+//   - package mem: BufferSlice, Buffer, BufferPool, NewBuffer, SliceBuffer,
+//     DefaultBufferPool and BufferSlice.MaterializeToBuffer.
+//
+// It also relies on how the server uses them: the handler's request value
+// (*rawRequest) reaches Unmarshal and its reply value (a pooled exchange) reaches
+// Marshal unchanged; a one-buffer request is kept by reference (a
+// MaterializeToBuffer reference that outlives the server's own, freed after
+// the decision); and the server frees what Marshal returns once written, which
+// returns pooled response buffers. TestGRPCExperimentalAPIs (contract_test.go)
+// checks each of these and fails loudly when an upgrade changes one; until
+// fastgrpc is fixed, grpc.codec: standard serves Check with the generated code
+// and grpc-go's own codec.
 package fastgrpc
 
 import (
@@ -66,11 +88,11 @@ type vtMarshaler interface {
 
 // Marshal encodes a CheckResponse with vtprotobuf when it is compiled in (with
 // proto otherwise) into a pooled buffer that gRPC frees once it is written, and
-// anything else with the standard codec. A reply that is a pooled call (an
+// anything else with the standard codec. A reply that is a pooled exchange (an
 // allowed answer from Register's handler) is marshalled and then released.
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	switch m := v.(type) {
-	case *call: // an allowed answer held by a pooled call: marshal, then release it
+	case *exchange: // an allowed answer held by a pooled exchange: marshal, then release it
 		defer m.release()
 		return c.marshal(m.out)
 	case *authv3.CheckResponse:

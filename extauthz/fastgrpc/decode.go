@@ -44,6 +44,31 @@ type request struct {
 	hasHeaders bool          // the headers map was present (Check then ignores header_map)
 }
 
+// part names a message of CheckRequest that the decoder walks with fields. Its
+// values leave the low 32 bits clear, so part|field number is one switch key.
+type part uint64
+
+const (
+	mCheckRequest part = iota << 32 // CheckRequest
+	mAttributes                     // AttributeContext
+	mRequest                        // AttributeContext.Request
+	mHTTP                           // AttributeContext.HttpRequest
+	mHeaderMap                      // HeaderMap
+)
+
+// walked is, for each part (indexed by part>>32), its validation schema and
+// the nesting budget left inside it (validate.go).
+var walked = [...]struct {
+	schema *vmsg
+	depth  int
+}{
+	mCheckRequest >> 32: {checkRequestSchema, depthCheckRequest},
+	mAttributes >> 32:   {attributesSchema, depthAttributes},
+	mRequest >> 32:      {requestSchema, depthRequest},
+	mHTTP >> 32:         {httpSchema, depthHTTP},
+	mHeaderMap >> 32:    {headerMapSchema, depthHeaderMap},
+}
+
 // decode reads b, a serialized CheckRequest, with proto.Unmarshal's semantics:
 // fields repeated on the wire merge (last scalar wins, later map entries win),
 // known fields of an unexpected wire type and unknown fields (groups included)
@@ -52,23 +77,8 @@ type request struct {
 // fields it does not read are checked with validField (validate.go).
 func (r *request) decode(b []byte) error {
 	r.reset()
-	for len(b) > 0 {
-		num, v, rest, ok := next(b)
-		if !ok {
-			return errMalformed
-		}
-		b = rest
-		switch num {
-		case 0: // not length-delimited: next checked it
-		case fAttributes:
-			if !r.attributes(v) {
-				return errMalformed
-			}
-		default:
-			if !validField(checkRequestSchema, num, v, depthCheckRequest) {
-				return errMalformed
-			}
-		}
+	if !r.fields(b, mCheckRequest) {
+		return errMalformed
 	}
 	if !r.hasHeaders {
 		r.headers = joinFolded(r.headers[:0], r.hmap)
@@ -97,6 +107,13 @@ func clearPairs(p []extauthz.KV) []extauthz.KV {
 // next splits the first field off b. A length-delimited field is returned with
 // its number and contents; any other field is skipped and reported as number 0.
 func next(b []byte) (num protowire.Number, v, rest []byte, ok bool) {
+	// Fast path: a one-byte tag of a length-delimited field 1-15 with a
+	// one-byte length, as most fields of a request are.
+	if len(b) >= 2 && b[0] < 0x80 && b[0]&7 == byte(protowire.BytesType) && b[0] >= 1<<3 && b[1] < 0x80 {
+		if n := 2 + int(b[1]); n <= len(b) {
+			return protowire.Number(b[0] >> 3), b[2:n], b[n:], true
+		}
+	}
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 || num > protowire.MaxValidNumber {
 		return 0, nil, nil, false
@@ -123,91 +140,10 @@ func str(b []byte) string {
 	return unsafe.String(&b[0], len(b))
 }
 
-func (r *request) attributes(b []byte) bool {
-	for len(b) > 0 {
-		num, v, rest, ok := next(b)
-		if !ok {
-			return false
-		}
-		b = rest
-		switch num {
-		case 0:
-		case fRequest:
-			if !r.request(v) {
-				return false
-			}
-		case fContextExtensions:
-			k, val, ok := entry(v)
-			if !ok {
-				return false
-			}
-			r.ext = append(r.ext, extauthz.KV{K: k, V: val})
-		default:
-			if !validField(attributesSchema, num, v, depthAttributes) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func (r *request) request(b []byte) bool {
-	for len(b) > 0 {
-		num, v, rest, ok := next(b)
-		if !ok {
-			return false
-		}
-		b = rest
-		switch num {
-		case 0:
-		case fHTTP:
-			if !r.http(v) {
-				return false
-			}
-		default:
-			if !validField(requestSchema, num, v, depthRequest) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func (r *request) http(b []byte) bool {
-	for len(b) > 0 {
-		num, v, rest, ok := next(b)
-		if !ok {
-			return false
-		}
-		b = rest
-		switch num {
-		case 0:
-		case fHeaders:
-			k, val, ok := entry(v)
-			if !ok {
-				return false
-			}
-			r.headers = append(r.headers, extauthz.KV{K: k, V: val})
-			r.hasHeaders = true
-		case fPath:
-			if !utf8.Valid(v) {
-				return false
-			}
-			r.path = str(v)
-		case fHeaderMap:
-			if !r.headerMap(v) {
-				return false
-			}
-		default:
-			if !validField(httpSchema, num, v, depthHTTP) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func (r *request) headerMap(b []byte) bool {
+// fields reads b, a message m: each length-delimited field the decision
+// needs is read into r (a message the decoder walks, recursively), any other
+// is checked with validField; next has checked fields of other wire types.
+func (r *request) fields(b []byte, m part) bool {
 	for len(b) > 0 {
 		num, v, rest, ok := next(b)
 		if !ok {
@@ -217,69 +153,68 @@ func (r *request) headerMap(b []byte) bool {
 		if num == 0 {
 			continue
 		}
-		if num != fHeaderMapHeaders {
-			if !validField(headerMapSchema, num, v, depthHeaderMap) {
-				return false
-			}
-			continue
+		switch m | part(num) {
+		case mCheckRequest | fAttributes:
+			ok = r.fields(v, mAttributes)
+		case mAttributes | fRequest:
+			ok = r.fields(v, mRequest)
+		case mAttributes | fContextExtensions:
+			r.ext, ok = appendEntry(r.ext, v, false)
+		case mRequest | fHTTP:
+			ok = r.fields(v, mHTTP)
+		case mHTTP | fHeaders:
+			r.headers, ok = appendEntry(r.headers, v, false)
+			r.hasHeaders = true
+		case mHTTP | fPath:
+			r.path, ok = str(v), utf8.Valid(v)
+		case mHTTP | fHeaderMap:
+			ok = r.fields(v, mHeaderMap)
+		case mHeaderMap | fHeaderMapHeaders:
+			r.hmap, ok = appendEntry(r.hmap, v, true)
+		default:
+			w := walked[m>>32]
+			ok = validField(w.schema, num, v, w.depth)
 		}
-		var key, val, raw string
-		for len(v) > 0 {
-			n, f, more, ok := next(v)
-			if !ok {
-				return false
-			}
-			v = more
-			switch n {
-			case 0:
-			case fKey:
-				if !utf8.Valid(f) {
-					return false
-				}
-				key = str(f)
-			case fValue:
-				if !utf8.Valid(f) {
-					return false
-				}
-				val = str(f)
-			case fRawValue:
-				raw = str(f)
-			default:
-				if !validField(headerValueSchema, n, f, depthHeaderValue) {
-					return false
-				}
-			}
+		if !ok {
+			return false
 		}
-		if val == "" {
-			val = raw // as extauthz reads header_map: value, else raw_value
-		}
-		r.hmap = append(r.hmap, extauthz.KV{K: key, V: val})
 	}
 	return true
 }
 
-// entry decodes one map<string,string> entry; absent fields are "", and a key
-// or value that is not UTF-8 is an error, as in proto.Unmarshal.
-func entry(b []byte) (k, v string, ok bool) {
+// appendEntry appends to p one map<string,string> entry, decoded from b, or
+// with hv one HeaderValue of header_map as extauthz reads it (its value, else
+// its raw_value). Absent fields are "", and a key or value that is not UTF-8
+// is an error, as in proto.Unmarshal; a HeaderValue's other fields are checked
+// with validField (a map entry has no others to check).
+func appendEntry(p []extauthz.KV, b []byte, hv bool) ([]extauthz.KV, bool) {
+	var kv extauthz.KV
+	var raw string
 	for len(b) > 0 {
 		num, f, rest, ok := next(b)
 		if !ok {
-			return "", "", false
+			return p, false
 		}
 		b = rest
-		switch num {
-		case fKey, fValue:
-			if !utf8.Valid(f) {
-				return "", "", false
-			}
-			if num == fKey {
-				k = str(f)
-			} else {
-				v = str(f)
-			}
+		switch {
+		case num == fKey:
+			kv.K, ok = str(f), utf8.Valid(f)
+		case num == fValue:
+			kv.V, ok = str(f), utf8.Valid(f)
+		case !hv || num == 0:
+		case num == fRawValue:
+			raw = str(f)
+		default:
+			ok = validField(headerValueSchema, num, f, depthHeaderValue)
+		}
+		if !ok {
+			return p, false
 		}
 	}
-	return k, v, true
+	if kv.V == "" {
+		kv.V = raw
+	}
+	return append(p, kv), true
 }
 
 // joinFolded appends to dst the header_map entries in src as extauthz's proto

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
@@ -115,9 +116,12 @@ func newFixture(t testing.TB, lim extauthz.Limiter) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	def := config.Default()
 	fx.svc, err = extauthz.New(format, h, fx.keys, lim, m, extauthz.Options{
 		Headers:     []string{"x-api-key", "salad-api-key"},
 		Bearer:      true,
+		KeyIDHeader: def.Headers.KeyID, WorkspaceHeader: def.Headers.Workspace, Realm: def.Response.Realm,
+		Body: def.Response.Body, RateHeaders: def.Response.RateHeaders, Reset: def.Response.Reset,
 		Templates:   []string{"/organizations/{resource}"},
 		DefaultRate: apikey.Rate{N: 240, Per: time.Minute},
 		Now:         func() time.Time { return fixedNow },

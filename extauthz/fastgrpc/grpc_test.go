@@ -45,7 +45,7 @@ func serveConn(t testing.TB, fx *fixture, fast bool, opts ...grpc.ServerOption) 
 		authv3.RegisterAuthorizationServer(s, fx.svc)
 	}
 	hs := health.NewServer()
-	hs.SetServingStatus(ServiceName, healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)
 	done := make(chan struct{})
 	go func() { _ = s.Serve(lis); close(done) }()
@@ -165,8 +165,8 @@ func TestGRPCFastPath(t *testing.T) {
 				if c := httpCode(got); c != tc.code {
 					t.Fatalf("answered %d, want %d", c, tc.code)
 				}
-				if m, r := rec.last(); m != FullMethod || r != "wire" {
-					t.Fatalf("interceptor saw %q with a %s request, want %q with a wire request", m, r, FullMethod)
+				if m, r := rec.last(); m != authv3.Authorization_Check_FullMethodName || r != "wire" {
+					t.Fatalf("interceptor saw %q with a %s request, want %q with a wire request", m, r, authv3.Authorization_Check_FullMethodName)
 				}
 			})
 		}
@@ -174,7 +174,7 @@ func TestGRPCFastPath(t *testing.T) {
 
 	t.Run("health through the delegated codec", func(t *testing.T) {
 		hc := healthpb.NewHealthClient(conn)
-		for _, svc := range []string{"", ServiceName} {
+		for _, svc := range []string{"", authv3.Authorization_ServiceDesc.ServiceName} {
 			resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
 			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 				t.Fatalf("health %q: %v %v", svc, resp, err)
@@ -188,7 +188,7 @@ func TestGRPCFastPath(t *testing.T) {
 	t.Run("malformed bytes are InvalidArgument", func(t *testing.T) {
 		for _, b := range [][]byte{{0x80}, {0x0a, 0x05, 0x01}, {0x0c}} {
 			in, out := b, []byte(nil)
-			err := conn.Invoke(ctx, FullMethod, &in, &out, grpc.ForceCodecV2(rawCodec{}))
+			err := conn.Invoke(ctx, authv3.Authorization_Check_FullMethodName, &in, &out, grpc.ForceCodecV2(rawCodec{}))
 			if status.Code(err) != codes.InvalidArgument {
 				t.Fatalf("%x: %v, want InvalidArgument", b, err)
 			}
@@ -227,6 +227,17 @@ func TestRegisterWithoutServerOption(t *testing.T) {
 	client := serve(t, fx, true, grpc.ChainUnaryInterceptor(rec.intercept))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	wantCodes(t, ctx, client, fx, func() {
+		if m, r := rec.last(); m != authv3.Authorization_Check_FullMethodName || r != "proto" {
+			t.Fatalf("interceptor saw %q with a %s request", m, r)
+		}
+	})
+}
+
+// wantCodes fails t unless client answers every protoCases request with its
+// HTTP status; then, after runs, if set.
+func wantCodes(t *testing.T, ctx context.Context, client authv3.AuthorizationClient, fx *fixture, after func()) {
+	t.Helper()
 	for _, tc := range protoCases(fx) {
 		got, err := client.Check(ctx, tc.req)
 		if err != nil {
@@ -235,8 +246,8 @@ func TestRegisterWithoutServerOption(t *testing.T) {
 		if c := httpCode(got); c != tc.code {
 			t.Fatalf("%s: answered %d, want %d", tc.name, c, tc.code)
 		}
-		if m, r := rec.last(); m != FullMethod || r != "proto" {
-			t.Fatalf("interceptor saw %q with a %s request", m, r)
+		if after != nil {
+			after()
 		}
 	}
 }
@@ -248,16 +259,7 @@ func TestStandardRegistration(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, opts := range [][]grpc.ServerOption{nil, {ServerOption()}} {
-		client := serve(t, fx, false, opts...)
-		for _, tc := range protoCases(fx) {
-			got, err := client.Check(ctx, tc.req)
-			if err != nil {
-				t.Fatalf("%s: %v", tc.name, err)
-			}
-			if c := httpCode(got); c != tc.code {
-				t.Fatalf("%s: answered %d, want %d", tc.name, c, tc.code)
-			}
-		}
+		wantCodes(t, ctx, serve(t, fx, false, opts...), fx, nil)
 	}
 }
 

@@ -12,12 +12,6 @@ import (
 	"github.com/keyauthz/keyauthz/extauthz"
 )
 
-// Names of the service and method, as the generated code registers them.
-const (
-	ServiceName = "envoy.service.auth.v3.Authorization"
-	FullMethod  = "/" + ServiceName + "/Check"
-)
-
 // decider is what the Check handler needs; *extauthz.Service implements it.
 type decider interface {
 	Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error)
@@ -30,23 +24,23 @@ var _ decider = (*extauthz.Service)(nil)
 // Register registers svc on s as envoy.service.auth.v3.Authorization, in place
 // of authv3.RegisterAuthorizationServer (registering both is a duplicate service).
 // With ServerOption on s, requests are decoded straight from their bytes and
-// answered by svc.Decide; without it they are decoded by the standard codec and
-// answered by svc.Check. Unary interceptors run as for the generated handler,
-// with FullMethod; on the fast path their request is an *extauthz.Request whose
-// strings alias the request buffer, so an interceptor must not keep it (nor the
-// request it sees otherwise) after it returns. Without interceptors, an allowed
-// answer is built in pooled storage that the codec reuses once the answer is
-// marshalled: a stats handler given such a server sees the reply as an opaque
-// value and must not read it after the send.
+// answered by svc.DecideInto (svc.Decide when unary interceptors run); without
+// it they are decoded by the standard codec and answered by svc.Check. Unary
+// interceptors run as for the generated handler, with
+// authv3.Authorization_Check_FullMethodName; on the fast path their request is
+// an *extauthz.Request whose strings alias the request buffer, so an
+// interceptor must not keep it (nor the request it sees otherwise) after it
+// returns. Without interceptors, an allowed answer is built in pooled storage
+// that the codec reuses once the answer is marshalled: a stats handler given
+// such a server sees the reply as an opaque value and must not read it after
+// the send.
 func Register(s *grpc.Server, svc *extauthz.Service) {
 	h := &handler{svc: svc}
 	h.invoke = h.call
-	s.RegisterService(&grpc.ServiceDesc{
-		ServiceName: ServiceName,
-		HandlerType: (*decider)(nil),
-		Methods:     []grpc.MethodDesc{{MethodName: "Check", Handler: h.check}},
-		Metadata:    "envoy/service/auth/v3/external_auth.proto",
-	}, svc)
+	desc := authv3.Authorization_ServiceDesc // the generated names and metadata
+	desc.HandlerType = (*decider)(nil)
+	desc.Methods = []grpc.MethodDesc{{MethodName: desc.Methods[0].MethodName, Handler: h.check}}
+	s.RegisterService(&desc, svc)
 }
 
 // handler serves Check for one registered service.
@@ -55,25 +49,26 @@ type handler struct {
 	invoke grpc.UnaryHandler // h.call, made once so interceptors cost no allocation
 }
 
-// call is one Check call's reusable state. On the fast path without
-// interceptors the handler hands gRPC the call itself as the reply, holding an
-// allowed response built in ans; the codec marshals that response and then
-// releases the call, so the answer costs no allocation.
-type call struct {
+// exchange is one Check call's reusable state, request in and answer out. On
+// the fast path without interceptors the handler hands gRPC the exchange
+// itself as the reply, holding an allowed response built in ans; the codec
+// marshals that response and then releases the exchange, so the answer costs
+// no allocation.
+type exchange struct {
 	raw  rawRequest
 	req  request
 	wire extauthz.Request
 	info grpc.UnaryServerInfo
 	ans  extauthz.Answer
-	out  *authv3.CheckResponse // the reply, while gRPC holds the call
+	out  *authv3.CheckResponse // the reply, while gRPC holds the exchange
 }
 
-var calls = sync.Pool{New: func() any {
-	return &call{raw: rawRequest{CheckRequest: new(authv3.CheckRequest)}}
+var exchanges = sync.Pool{New: func() any {
+	return &exchange{raw: rawRequest{CheckRequest: new(authv3.CheckRequest)}}
 }}
 
 // done drops the request: its bytes and everything decoded from them.
-func (c *call) done() {
+func (c *exchange) done() {
 	if c.raw.buf == nil {
 		c.raw.CheckRequest.Reset()
 	}
@@ -83,16 +78,16 @@ func (c *call) done() {
 	c.info = grpc.UnaryServerInfo{}
 }
 
-// release returns c to the pool once nothing of the call is in use.
-func (c *call) release() {
+// release returns c to the pool once nothing of the exchange is in use.
+func (c *exchange) release() {
 	c.done()
 	c.out = nil
-	calls.Put(c)
+	exchanges.Put(c)
 }
 
 // check is the grpc.MethodDesc handler.
 func (h *handler) check(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
-	c := calls.Get().(*call)
+	c := exchanges.Get().(*exchange)
 	if err := dec(&c.raw); err != nil {
 		c.release()
 		return nil, err
@@ -114,14 +109,14 @@ func (h *handler) check(srv any, ctx context.Context, dec func(any) error, ic gr
 		}
 		req = c.raw.CheckRequest
 	}
-	c.info = grpc.UnaryServerInfo{Server: srv, FullMethod: FullMethod}
+	c.info = grpc.UnaryServerInfo{Server: srv, FullMethod: authv3.Authorization_Check_FullMethodName}
 	return ic(ctx, req, &c.info, h.invoke)
 }
 
 // fast decides a request the codec kept as bytes. An allowed answer is built
 // in c and c itself is the reply (the codec marshals c.out, then releases c);
 // denies and errors are shared responses, and c is released at once.
-func (h *handler) fast(ctx context.Context, c *call) (any, error) {
+func (h *handler) fast(ctx context.Context, c *exchange) (any, error) {
 	if err := c.req.decode(c.raw.bytes()); err != nil {
 		c.release()
 		return nil, status.Error(codes.InvalidArgument, "malformed CheckRequest")

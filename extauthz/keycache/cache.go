@@ -36,6 +36,10 @@ type Options struct {
 	// Now, when set, is the cache's clock, read on every lookup, instead of its
 	// own coarse ticking one (tests that move time).
 	Now func() time.Time
+	// ObserveRead, when set, is called after every store read with how long it
+	// took and its error (nil, apikey.ErrNotFound or a failure), on the reading
+	// goroutine (metrics: keyauthz_store_read_duration_seconds).
+	ObserveRead func(took time.Duration, err error)
 }
 
 // Stats are the cache's counters since New; Hits+NegativeHits+Misses is the number of Lookups.
@@ -130,8 +134,8 @@ func (c *compact) unpack() apikey.Key {
 		NotBefore: c.notBefore.time(), RevokedAt: c.revd.time(), RateLimit: c.rate, PepperVersion: c.version}
 }
 
-// call is one store read in flight; waiters read its result after done is closed.
-type call struct {
+// read is one store read in flight; waiters read its result after done is closed.
+type read struct {
 	done    chan struct{}
 	key     apikey.Key
 	err     error
@@ -164,10 +168,10 @@ func (r *readCtx) Value(key any) any {
 
 // shard is one independently locked part of the cache, chosen by the digest's first byte.
 type shard struct {
-	mu    sync.Mutex
-	pos   *simplelru.LRU[[32]byte, *entry]
-	neg   *simplelru.LRU[[32]byte, time.Duration] // value: expiry on the cache clock; nil when disabled
-	calls map[[32]byte]*call
+	mu       sync.Mutex
+	pos      *simplelru.LRU[[32]byte, *entry]
+	neg      *simplelru.LRU[[32]byte, time.Duration] // value: expiry on the cache clock; nil when disabled
+	inflight map[[32]byte]*read                      // store reads in flight, by digest
 
 	hits, negHits, misses, stale atomic.Uint64
 
@@ -190,7 +194,7 @@ type Cache struct {
 	// Store reads run on reader goroutines that wait a while for the next
 	// miss instead of exiting: a read through a store driver grows a
 	// goroutine's stack, and a fresh goroutine per miss paid that every time.
-	jobs chan *call   // hands a read to an idle reader
+	jobs chan *read   // hands a read to an idle reader
 	idle atomic.Int32 // readers waiting on jobs
 
 	base  time.Time
@@ -198,6 +202,7 @@ type Cache struct {
 	nowFn func() time.Time // Options.Now: the clock instead of now when set
 
 	reads, storeErrs atomic.Uint64
+	observeRead      func(time.Duration, error) // Options.ObserveRead
 
 	closeMu sync.RWMutex
 	closed  bool
@@ -241,7 +246,7 @@ func newCache(store apikey.Lookuper, opt Options, log *zap.Logger, tick bool) (*
 	}
 	c := &Cache{
 		store:    store,
-		log:      log.Named("keycache"),
+		log:      log,
 		shards:   make([]shard, n),
 		mask:     n - 1,
 		ttl:      opt.TTL,
@@ -249,9 +254,11 @@ func newCache(store apikey.Lookuper, opt Options, log *zap.Logger, tick bool) (*
 		maxStale: opt.MaxStaleness,
 		retry:    min(opt.TTL, maxStaleRetry),
 		readTO:   opt.ReadTimeout,
-		jobs:     make(chan *call),
+		jobs:     make(chan *read),
 		base:     time.Now(),
 		nowFn:    opt.Now,
+
+		observeRead: opt.ObserveRead,
 	}
 	if opt.Now != nil {
 		c.base, tick = opt.Now(), false
@@ -268,7 +275,7 @@ func newCache(store apikey.Lookuper, opt Options, log *zap.Logger, tick bool) (*
 				return nil, fmt.Errorf("keycache: %w", err)
 			}
 		}
-		s.calls = make(map[[32]byte]*call)
+		s.inflight = make(map[[32]byte]*read)
 	}
 	if tick {
 		res := opt.TTL
@@ -359,56 +366,56 @@ func (c *Cache) refresh(ctx context.Context, s *shard, d apikey.Digest, e *entry
 
 // wait joins or starts the store read for d; called with s.mu held, returns with it released.
 func (c *Cache) wait(ctx context.Context, s *shard, d apikey.Digest) (apikey.Key, error) {
-	cl := s.calls[d.Sum]
-	if cl == nil {
+	rd := s.inflight[d.Sum]
+	if rd == nil {
 		c.closeMu.RLock()
 		if c.closed {
 			c.closeMu.RUnlock()
 			s.mu.Unlock()
 			return apikey.Key{}, ErrClosed
 		}
-		cl = &call{done: make(chan struct{}), s: s, d: d, ctx: readCtx{c.done, ctx}}
-		cl.deadline, _ = ctx.Deadline()
+		rd = &read{done: make(chan struct{}), s: s, d: d, ctx: readCtx{c.done, ctx}}
+		rd.deadline, _ = ctx.Deadline()
 		if c.readTO > 0 {
-			if dl := time.Now().Add(c.readTO); cl.deadline.IsZero() || dl.Before(cl.deadline) {
-				cl.deadline = dl
+			if dl := time.Now().Add(c.readTO); rd.deadline.IsZero() || dl.Before(rd.deadline) {
+				rd.deadline = dl
 			}
 		}
-		s.calls[d.Sum] = cl
-		c.startRead(cl)
+		s.inflight[d.Sum] = rd
+		c.startRead(rd)
 		c.closeMu.RUnlock()
 	}
 	s.mu.Unlock()
 	s.misses.Add(1)
 	select {
-	case <-cl.done:
+	case <-rd.done:
 	case <-ctx.Done():
 		return apikey.Key{}, fmt.Errorf("keycache: lookup: %w", ctx.Err())
 	}
-	if cl.stale {
+	if rd.stale {
 		s.stale.Add(1)
 	}
-	return cl.key, cl.err
+	return rd.key, rd.err
 }
 
-// startRead hands cl to an idle reader goroutine or starts one; called with
+// startRead hands rd to an idle reader goroutine or starts one; called with
 // c.closeMu read-locked and the cache open.
-func (c *Cache) startRead(cl *call) {
+func (c *Cache) startRead(rd *read) {
 	select {
-	case c.jobs <- cl:
+	case c.jobs <- rd:
 	default:
 		c.wg.Add(1)
-		go c.reader(cl)
+		go c.reader(rd)
 	}
 }
 
-// reader runs cl's read, then waits up to readerIdle for another (when fewer
+// reader runs rd's read, then waits up to readerIdle for another (when fewer
 // than maxIdleReaders already wait) until Close.
-func (c *Cache) reader(cl *call) {
+func (c *Cache) reader(rd *read) {
 	defer c.wg.Done()
 	var idle *time.Timer
 	for {
-		c.fetch(cl)
+		c.fetch(rd)
 		if c.idle.Add(1) > maxIdleReaders {
 			c.idle.Add(-1)
 			return
@@ -420,7 +427,7 @@ func (c *Cache) reader(cl *call) {
 			idle.Reset(readerIdle)
 		}
 		select {
-		case cl = <-c.jobs:
+		case rd = <-c.jobs:
 			c.idle.Add(-1)
 		case <-idle.C:
 			c.idle.Add(-1)
@@ -432,20 +439,24 @@ func (c *Cache) reader(cl *call) {
 	}
 }
 
-// fetch reads cl's digest from the store for every waiter of cl and records
+// fetch reads rd's digest from the store for every waiter of rd and records
 // the result. The read keeps the starting caller's deadline (bounded by the
 // read timeout) and values but not its cancellation (other callers wait for it
 // too); Close cancels it.
-func (c *Cache) fetch(cl *call) {
-	s, d := cl.s, cl.d
+func (c *Cache) fetch(rd *read) {
+	s, d := rd.s, rd.d
 	var (
-		rctx   context.Context = &cl.ctx
+		rctx   context.Context = &rd.ctx
 		cancel context.CancelFunc
 	)
-	if !cl.deadline.IsZero() {
-		rctx, cancel = context.WithDeadline(rctx, cl.deadline)
+	if !rd.deadline.IsZero() {
+		rctx, cancel = context.WithDeadline(rctx, rd.deadline)
 	}
+	start := time.Now()
 	key, err := c.store.Lookup(rctx, d)
+	if c.observeRead != nil {
+		c.observeRead(time.Since(start), err)
+	}
 	if cancel != nil {
 		cancel()
 	}
@@ -453,13 +464,13 @@ func (c *Cache) fetch(cl *call) {
 
 	now := c.clock()
 	s.mu.Lock()
-	if s.calls[d.Sum] == cl {
-		delete(s.calls, d.Sum)
+	if s.inflight[d.Sum] == rd {
+		delete(s.inflight, d.Sum)
 	}
 	switch {
 	case err == nil:
-		cl.key = key
-		if !cl.evicted {
+		rd.key = key
+		if !rd.evicted {
 			s.sweep(now, c)
 			s.pos.Add(d.Sum, &entry{key: pack(key), at: now})
 			if s.neg != nil {
@@ -467,8 +478,8 @@ func (c *Cache) fetch(cl *call) {
 			}
 		}
 	case errors.Is(err, apikey.ErrNotFound):
-		cl.err = apikey.ErrNotFound
-		if !cl.evicted {
+		rd.err = apikey.ErrNotFound
+		if !rd.evicted {
 			s.pos.Remove(d.Sum)
 			if s.neg != nil {
 				s.sweep(now, c)
@@ -478,17 +489,17 @@ func (c *Cache) fetch(cl *call) {
 	default:
 		c.storeErrs.Add(1)
 		e, ok := s.pos.Peek(d.Sum)
-		if ok && !cl.evicted && c.maxStale > 0 && now-e.at <= c.ttl+c.maxStale {
+		if ok && !rd.evicted && c.maxStale > 0 && now-e.at <= c.ttl+c.maxStale {
 			e.retry = now + c.retry
-			cl.key, cl.stale = e.key.unpack(), true
+			rd.key, rd.stale = e.key.unpack(), true
 		} else {
-			cl.err = fmt.Errorf("keycache: store lookup: %w", err)
+			rd.err = fmt.Errorf("keycache: store lookup: %w", err)
 		}
 	}
 	s.mu.Unlock()
-	close(cl.done)
-	if cl.stale {
-		c.log.Debug("serving stale key after store error", zap.String("key_id", cl.key.ID), zap.Error(err))
+	close(rd.done)
+	if rd.stale {
+		c.log.Debug("serving stale key after store error", zap.String("key_id", rd.key.ID), zap.Error(err))
 	}
 }
 
@@ -522,9 +533,9 @@ func (c *Cache) Evict(sums ...[32]byte) {
 		if s.neg != nil {
 			s.neg.Remove(*sum)
 		}
-		if cl := s.calls[*sum]; cl != nil {
-			cl.evicted = true
-			delete(s.calls, *sum)
+		if rd := s.inflight[*sum]; rd != nil {
+			rd.evicted = true
+			delete(s.inflight, *sum)
 		}
 		s.mu.Unlock()
 	}
@@ -539,9 +550,9 @@ func (c *Cache) Purge() {
 		if s.neg != nil {
 			s.neg.Purge()
 		}
-		for sum, cl := range s.calls {
-			cl.evicted = true
-			delete(s.calls, sum)
+		for sum, rd := range s.inflight {
+			rd.evicted = true
+			delete(s.inflight, sum)
 		}
 		s.mu.Unlock()
 	}

@@ -111,15 +111,21 @@ func testCache(t testing.TB, s apikey.Lookuper, opt Options) (*Cache, fakeClock)
 	return c, fakeClock{c}
 }
 
-// eventually waits until cond holds: testenv.Eventually with a 5 s bound.
+// seeded returns a store holding digest(1) as key id, that digest, and a
+// cache with testOpts over the store.
+func seeded(t testing.TB, id string) (*fakeStore, apikey.Digest, *Cache, fakeClock) {
+	t.Helper()
+	s := newStore()
+	a := digest(1)
+	s.put(a, id)
+	c, clk := testCache(t, s, testOpts)
+	return s, a, c, clk
+}
+
+// eventually waits until cond holds, for up to 5 s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	testenv.Eventually(t, 5*time.Second, what, func() error {
-		if !cond() {
-			return errors.New("not yet")
-		}
-		return nil
-	})
+	testenv.Until(t, 5*time.Second, what, cond)
 }
 
 // lookup is Lookup bounded in time, so that a broken cache fails a test instead of hanging it.
@@ -214,10 +220,7 @@ func TestNegativeCachingDisabled(t *testing.T) {
 }
 
 func TestPositiveTTL(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_old")
-	c, clk := testCache(t, s, testOpts)
+	s, a, c, clk := seeded(t, "key_old")
 
 	wantKey(t, c, a, "key_old")
 	s.put(a, "key_new")
@@ -232,10 +235,7 @@ func TestPositiveTTL(t *testing.T) {
 }
 
 func TestPositiveTTLThenNotFound(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, clk := testCache(t, s, testOpts)
+	s, a, c, clk := seeded(t, "key_a")
 	wantKey(t, c, a, "key_a")
 	s.del(a)
 	clk.add(testOpts.TTL + 1)
@@ -334,10 +334,7 @@ func TestManyShards(t *testing.T) {
 }
 
 func TestSingleflight(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, _ := testCache(t, s, testOpts)
+	s, a, c, _ := seeded(t, "key_a")
 	gate, _ := s.slow()
 
 	const n = 100
@@ -365,10 +362,7 @@ func TestSingleflight(t *testing.T) {
 }
 
 func TestStoreErrorNotCached(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, _ := testCache(t, s, testOpts)
+	s, a, c, _ := seeded(t, "key_a")
 	boom := errors.New("connection refused")
 	s.setErr(boom)
 
@@ -419,10 +413,7 @@ func TestEvictDuringRead(t *testing.T) {
 		{"purge", func(c *Cache, _ apikey.Digest) { c.Purge() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newStore()
-			a := digest(1)
-			s.put(a, "key_old")
-			c, _ := testCache(t, s, testOpts)
+			s, a, c, _ := seeded(t, "key_old")
 
 			gate, entered := s.slow()
 			first := make(chan string, 1)
@@ -451,10 +442,7 @@ func TestEvictDuringRead(t *testing.T) {
 // TestOldReadEndsDuringNewRead checks that an evicted read ending while a newer
 // read of the same digest is in flight leaves the newer one for others to join.
 func TestOldReadEndsDuringNewRead(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_old")
-	c, _ := testCache(t, s, testOpts)
+	s, a, c, _ := seeded(t, "key_old")
 
 	gate1, entered := s.slow()
 	first := make(chan error, 1)
@@ -515,10 +503,7 @@ func TestEvictDuringReadNegative(t *testing.T) {
 }
 
 func TestStaleServing(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, clk := testCache(t, s, testOpts) // TTL 1m, staleness 5m, retry 1s
+	s, a, c, clk := seeded(t, "key_a") // TTL 1m, staleness 5m, retry 1s
 	wantKey(t, c, a, "key_a")
 	boom := errors.New("store down")
 	s.setErr(boom)
@@ -547,10 +532,7 @@ func TestStaleServing(t *testing.T) {
 }
 
 func TestStaleServingRecovers(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, clk := testCache(t, s, testOpts)
+	s, a, c, clk := seeded(t, "key_a")
 	wantKey(t, c, a, "key_a")
 	s.setErr(errors.New("store down"))
 	clk.add(2 * time.Minute)
@@ -585,10 +567,7 @@ func TestNoStaleServingWithoutMaxStaleness(t *testing.T) {
 }
 
 func TestEvictedEntryNotServedStale(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, clk := testCache(t, s, testOpts)
+	s, a, c, clk := seeded(t, "key_a")
 	wantKey(t, c, a, "key_a")
 	c.Evict(a.Sum) // deleted on another replica, then the store went down
 	s.setErr(errors.New("store down"))
@@ -599,10 +578,7 @@ func TestEvictedEntryNotServedStale(t *testing.T) {
 }
 
 func TestCallerCancelDoesNotCancelSharedRead(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, _ := testCache(t, s, testOpts)
+	s, a, c, _ := seeded(t, "key_a")
 	gate, entered := s.slow()
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -54,9 +54,10 @@ type Follower struct {
 	gapSeq  int64
 	gapAt   time.Time
 
-	seq     atomic.Int64
-	healthy atomic.Bool
-	lastErr atomic.Pointer[error]
+	seq       atomic.Int64
+	polled    atomic.Int64 // f.now() in Unix nanoseconds at the last successful poll (at NewFollower before the first)
+	healthy   atomic.Bool
+	failSince atomic.Pointer[time.Time] // first failure of the polls failing now; nil while healthy
 
 	pushDown atomic.Bool   // push notifications are not being delivered: poll fast
 	wake     chan struct{} // wakes Run when pushDown changes
@@ -74,15 +75,17 @@ func NewFollower(feed Feed, cache *Cache, interval time.Duration, log *zap.Logge
 	case interval <= 0:
 		return nil, fmt.Errorf("keycache: follow interval %v: must be positive", interval)
 	}
-	return &Follower{
+	f := &Follower{
 		feed:     feed,
 		cache:    cache,
 		interval: interval,
-		log:      log.Named("follower"),
+		log:      log,
 		grace:    gapGrace,
 		now:      time.Now,
 		wake:     make(chan struct{}, 1),
-	}, nil
+	}
+	f.polled.Store(f.now().UnixNano())
+	return f, nil
 }
 
 // SetPushed tells the follower whether push notifications (PostgreSQL
@@ -111,7 +114,8 @@ func (f *Follower) period() time.Duration {
 
 // Run polls at once and then every interval (FastInterval while push
 // notifications are down, see SetPushed) until ctx is done, and returns nil
-// then. Poll errors are logged and retried on the next tick; see Healthy.
+// then. Poll errors are logged and retried on the next tick; see Healthy and
+// FailingSince.
 func (f *Follower) Run(ctx context.Context) error {
 	t := time.NewTimer(f.period())
 	defer t.Stop()
@@ -141,7 +145,14 @@ func (f *Follower) Poll(ctx context.Context) error {
 		return err // shutting down: not a feed failure
 	}
 	f.healthy.Store(err == nil)
-	f.lastErr.Store(&err)
+	switch {
+	case err == nil:
+		f.failSince.Store(nil)
+		f.polled.Store(f.now().UnixNano())
+	case !f.failing:
+		now := f.now()
+		f.failSince.Store(&now)
+	}
 	switch {
 	case err != nil && !f.failing:
 		f.log.Warn("change feed poll failed; retrying", zap.Error(err))
@@ -227,13 +238,19 @@ func (f *Follower) checkBackwards(ctx context.Context, after int64) error {
 // Seq returns the Seq of the last change applied.
 func (f *Follower) Seq() int64 { return f.seq.Load() }
 
+// LastPolled returns when a poll last read the change feed successfully, or
+// when the follower was made if none has yet (the change-feed lag metric).
+func (f *Follower) LastPolled() time.Time { return time.Unix(0, f.polled.Load()) }
+
 // Healthy reports whether the last poll succeeded (false before the first).
 func (f *Follower) Healthy() bool { return f.healthy.Load() }
 
-// LastError returns the last poll's error, or nil.
-func (f *Follower) LastError() error {
-	if p := f.lastErr.Load(); p != nil {
-		return *p
+// FailingSince returns when the polls began to fail, if the last one failed:
+// the time of the first failure since the last success (or since the start).
+// It is the zero time while the last poll succeeded or before any poll ends.
+func (f *Follower) FailingSince() time.Time {
+	if t := f.failSince.Load(); t != nil {
+		return *t
 	}
-	return nil
+	return time.Time{}
 }

@@ -52,6 +52,15 @@ func (f *fakeFeed) LastSeq(context.Context) (int64, error) {
 	return last, nil
 }
 
+// created returns a feed of n Created changes (of a digest no test caches).
+func created(n int) *fakeFeed {
+	f := &fakeFeed{}
+	for range n {
+		f.add(0, apikey.Created, digest(9))
+	}
+	return f
+}
+
 // add appends a change with the given seq (0 = next) and returns its seq.
 func (f *fakeFeed) add(seq int64, kind apikey.ChangeKind, ds ...apikey.Digest) int64 {
 	f.mu.Lock()
@@ -118,17 +127,11 @@ func TestNewFollowerRejects(t *testing.T) {
 }
 
 func TestFollowerStartsAtLastSeqAndPurges(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, _ := testCache(t, s, testOpts)
-	feed := &fakeFeed{}
-	for range 3 {
-		feed.add(0, apikey.Created, digest(9))
-	}
+	_, a, c, _ := seeded(t, "key_a")
+	feed := created(3)
 	f := newFollower(t, feed, c)
-	if f.Healthy() {
-		t.Error("Healthy before the first poll")
+	if f.Healthy() || !f.FailingSince().IsZero() {
+		t.Errorf("Healthy, FailingSince = %v, %v before the first poll, want false and zero", f.Healthy(), f.FailingSince())
 	}
 	wantKey(t, c, a, "key_a") // cached before the follower knew where the feed was
 	poll(t, f)
@@ -136,8 +139,8 @@ func TestFollowerStartsAtLastSeqAndPurges(t *testing.T) {
 	if c.Len() != 0 {
 		t.Errorf("Len = %d after the first poll, want the cache purged", c.Len())
 	}
-	if !f.Healthy() || f.LastError() != nil {
-		t.Errorf("Healthy, LastError = %v, %v", f.Healthy(), f.LastError())
+	if !f.Healthy() || !f.FailingSince().IsZero() {
+		t.Errorf("Healthy, FailingSince = %v, %v", f.Healthy(), f.FailingSince())
 	}
 }
 
@@ -196,10 +199,7 @@ func TestFollowerEvicts(t *testing.T) {
 }
 
 func TestFollowerRetriesAfterError(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, _ := testCache(t, s, testOpts)
+	s, a, c, _ := seeded(t, "key_a")
 	feed := &fakeFeed{}
 	f := newFollower(t, feed, c)
 	poll(t, f)
@@ -209,19 +209,29 @@ func TestFollowerRetriesAfterError(t *testing.T) {
 	feed.setErr(boom)
 	seq := feed.add(0, apikey.Deleted, a)
 	s.del(a)
+	clock := time.Unix(1000, 0)
+	f.now = func() time.Time { return clock }
 	if err := f.Poll(context.Background()); !errors.Is(err, boom) {
 		t.Fatalf("Poll error = %v, want the feed error", err)
 	}
-	if f.Healthy() || !errors.Is(f.LastError(), boom) {
-		t.Fatalf("Healthy, LastError = %v, %v after a failed poll", f.Healthy(), f.LastError())
+	if f.Healthy() || !f.FailingSince().Equal(clock) {
+		t.Fatalf("Healthy, FailingSince = %v, %v after a failed poll, want false, %v", f.Healthy(), f.FailingSince(), clock)
 	}
 	wantSeq(t, f, 0)
+	failed := clock
+	clock = clock.Add(time.Minute)
+	if err := f.Poll(context.Background()); !errors.Is(err, boom) {
+		t.Fatalf("Poll error = %v, want the feed error", err)
+	}
+	if !f.FailingSince().Equal(failed) {
+		t.Fatalf("FailingSince = %v after a second failed poll, want the first failure's %v", f.FailingSince(), failed)
+	}
 
 	feed.setErr(nil)
 	poll(t, f)
 	wantSeq(t, f, seq)
-	if !f.Healthy() || f.LastError() != nil {
-		t.Fatalf("Healthy, LastError = %v, %v after recovery", f.Healthy(), f.LastError())
+	if !f.Healthy() || !f.FailingSince().IsZero() {
+		t.Fatalf("Healthy, FailingSince = %v, %v after recovery", f.Healthy(), f.FailingSince())
 	}
 	wantNotFound(t, c, a)
 }
@@ -233,8 +243,8 @@ func TestFollowerFirstPollError(t *testing.T) {
 	if err := f.Poll(context.Background()); err == nil {
 		t.Fatal("Poll succeeded on a failing feed")
 	}
-	if f.Healthy() {
-		t.Fatal("Healthy after a failed poll")
+	if f.Healthy() || f.FailingSince().IsZero() {
+		t.Fatalf("Healthy, FailingSince = %v, %v after a failed first poll", f.Healthy(), f.FailingSince())
 	}
 	feed.setErr(nil)
 	feed.add(0, apikey.Created, digest(1))
@@ -298,14 +308,8 @@ func TestFollowerGap(t *testing.T) {
 }
 
 func TestFollowerFeedWentBackwards(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, _ := testCache(t, s, testOpts)
-	feed := &fakeFeed{}
-	for range 5 {
-		feed.add(0, apikey.Created, digest(9))
-	}
+	_, a, c, _ := seeded(t, "key_a")
+	feed := created(5)
 	f := newFollower(t, feed, c)
 	poll(t, f)
 	wantSeq(t, f, 5)
@@ -349,10 +353,7 @@ func TestFollowerManyChanges(t *testing.T) {
 }
 
 func TestFollowerRun(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, _ := testCache(t, s, testOpts)
+	s, a, c, _ := seeded(t, "key_a")
 	feed := &fakeFeed{}
 	f, err := NewFollower(feed, c, 5*time.Millisecond, zap.NewNop())
 	if err != nil {
@@ -405,10 +406,7 @@ func (c *countingFeed) n() int {
 // once and then every FastInterval, so a change is applied within 250 ms
 // without any notification; once push is back it returns to its interval.
 func TestFollowerPollsFastWhilePushDown(t *testing.T) {
-	s := newStore()
-	a := digest(1)
-	s.put(a, "key_a")
-	c, _ := testCache(t, s, testOpts)
+	s, a, c, _ := seeded(t, "key_a")
 	feed := &countingFeed{fakeFeed: &fakeFeed{}}
 	f := newFollower(t, feed, c) // interval: one hour
 	ctx, cancel := context.WithCancel(context.Background())

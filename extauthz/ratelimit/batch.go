@@ -31,55 +31,59 @@ import (
 // deadline translated to Redis server time (see serverClock), and the script
 // does nothing once that has passed: a decision answered by the on-error policy
 // never spends a token.
+//
+// A client that pipelines by itself (rueidis) was measured against this
+// batcher on the load harness and cost more per Check under load; the A/B is
+// in test/load/RESULTS.md.
 
-// Call states: a call is pending until the executor completes it or its
+// Query states: a query is pending until the executor completes it or its
 // caller abandons it (deadline or cancellation), whichever comes first.
 const (
-	callPending uint32 = iota
-	callDone
-	callAbandoned
+	queryPending uint32 = iota
+	queryDone
+	queryAbandoned
 )
 
-// call is one decision waiting for Redis.
-type call struct {
+// query is one decision waiting for Redis.
+type query struct {
 	key      string // hash-tagged Redis key
 	iv, tau  int64
 	deadline time.Time
 
 	state atomic.Uint32
-	done  chan struct{} // receives once when the executor completes the call
-	timer *time.Timer   // the caller's deadline; reused with the call
+	done  chan struct{} // receives once when the executor completes the query
+	timer *time.Timer   // the caller's deadline; reused with the query
 
 	res [4]int64 // script reply: verdict, two durations, Redis time
 	err error
 }
 
-var callPool = sync.Pool{New: func() any {
+var queryPool = sync.Pool{New: func() any {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &call{done: make(chan struct{}, 1), timer: t}
+	return &query{done: make(chan struct{}, 1), timer: t}
 }}
 
-// newCall returns a pending call from the pool.
-func newCall(key string, iv, tau int64, deadline time.Time) *call {
-	c := callPool.Get().(*call)
+// newQuery returns a pending query from the pool.
+func newQuery(key string, iv, tau int64, deadline time.Time) *query {
+	c := queryPool.Get().(*query)
 	c.key, c.iv, c.tau, c.deadline = key, iv, tau, deadline
-	c.state.Store(callPending)
+	c.state.Store(queryPending)
 	return c
 }
 
-// release returns a completed call, whose done signal its caller has
-// received, to the pool. An abandoned call is left to the garbage collector:
+// release returns a completed query, whose done signal its caller has
+// received, to the pool. An abandoned query is left to the garbage collector:
 // the executor may still hold it.
-func (c *call) release() {
+func (c *query) release() {
 	c.key, c.err, c.res = "", nil, [4]int64{}
-	callPool.Put(c)
+	queryPool.Put(c)
 }
 
 // complete records the script's reply (or the command's error) and wakes
 // the caller, unless it has given up. It returns the Redis time the reply
 // carries (0 without a reply), read before the caller may reuse c.
-func (c *call) complete(cmd *redis.Cmd, err error) (server int64) {
+func (c *query) complete(cmd *redis.Cmd, err error) (server int64) {
 	if err == nil {
 		err = c.parse(cmd)
 	}
@@ -87,14 +91,14 @@ func (c *call) complete(cmd *redis.Cmd, err error) (server int64) {
 	if err == nil {
 		server = c.res[3]
 	}
-	if c.state.CompareAndSwap(callPending, callDone) {
+	if c.state.CompareAndSwap(queryPending, queryDone) {
 		c.done <- struct{}{}
 	}
 	return server
 }
 
 // parse reads the script's reply, four integers, into c.res.
-func (c *call) parse(cmd *redis.Cmd) error {
+func (c *query) parse(cmd *redis.Cmd) error {
 	vals, err := cmd.Slice()
 	if err != nil {
 		return err
@@ -175,8 +179,8 @@ func (s *serverClock) offset(now int64) int64 {
 	return s.cur
 }
 
-// queue batches the calls for one Redis target (a single node, or one
-// master of a cluster). Its executor goroutine, started with the first call
+// queue batches the queries for one Redis target (a single node, or one
+// master of a cluster). Its executor goroutine, started with the first query
 // and stopped by Close, runs one pipeline at a time and sleeps while the
 // queue is empty.
 type queue struct {
@@ -186,20 +190,20 @@ type queue struct {
 	clock serverClock // the executor's estimate of this node's clock
 
 	mu      sync.Mutex
-	pending []*call
+	pending []*query
 	started bool // the executor goroutine runs
 	idle    bool // the executor sleeps, waiting for wake
 	closing bool // Close was called: the executor exits once the queue is empty
 }
 
-// newQueue returns an empty queue of b; its executor starts with the first call.
+// newQueue returns an empty queue of b; its executor starts with the first query.
 func newQueue(b *batcher) *queue {
 	return &queue{b: b, wake: make(chan struct{}, 1)}
 }
 
 // add queues c, waking the executor if it sleeps. It returns false, without
 // queueing, once the batcher is closed.
-func (q *queue) add(c *call) bool {
+func (q *queue) add(c *query) bool {
 	q.b.mu.RLock()
 	defer q.b.mu.RUnlock()
 	if q.b.closed {
@@ -233,10 +237,10 @@ func (q *queue) stop() {
 	}
 }
 
-// run is the executor: it sends the queued calls, one pipeline at a time.
+// run is the executor: it sends the queued queries, one pipeline at a time.
 func (q *queue) run() {
 	defer q.b.wg.Done()
-	var prev []*call // the previous batch's slice, reused for the next queue
+	var prev []*query // the previous batch's slice, reused for the next queue
 	for {
 		q.mu.Lock()
 		for len(q.pending) == 0 {
@@ -254,12 +258,12 @@ func (q *queue) run() {
 		q.mu.Unlock()
 
 		q.b.exec(batch, &q.clock)
-		clear(batch) // drop the calls: they go back to the pool
+		clear(batch) // drop the queries: they go back to the pool
 		prev = batch
 	}
 }
 
-// batcher sends calls as pipelined EVALSHA commands, with an EVAL fallback
+// batcher sends queries as pipelined EVALSHA commands, with an EVAL fallback
 // for the commands Redis answers NOSCRIPT.
 type batcher struct {
 	c       redis.UniversalClient
@@ -327,16 +331,16 @@ func (b *batcher) micros(t time.Time) int64 {
 	return b.baseUnix + t.Sub(b.base).Microseconds()
 }
 
-// exec sends one batch: the calls still worth sending go out as one pipeline
+// exec sends one batch: the queries still worth sending go out as one pipeline
 // (EVALSHA each); those answered NOSCRIPT go out again as EVAL. Each command
 // carries its deadline in the node's time, estimated by clock.
-func (b *batcher) exec(batch []*call, clock *serverClock) {
+func (b *batcher) exec(batch []*query, clock *serverClock) {
 	now := time.Now()
 	live := batch[:0]
 	var latest time.Time
 	for _, c := range batch {
 		switch {
-		case c.state.Load() != callPending:
+		case c.state.Load() != queryPending:
 			// its caller has given up: nothing to send
 		case !c.deadline.After(now):
 			c.complete(nil, errExpired)
@@ -392,12 +396,12 @@ func (b *batcher) exec(batch []*call, clock *serverClock) {
 	}
 }
 
-// close stops taking calls and waits until every queued call is answered.
+// close stops taking queries and waits until every queued query is answered.
 func (b *batcher) close() {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
-	// No call is queued from here on: stop every executor once it has sent
+	// No query is queued from here on: stop every executor once it has sent
 	// what it holds.
 	b.single.stop()
 	b.nodes.Range(func(_, q any) bool {

@@ -8,25 +8,14 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
-// eventually waits until cond holds: testenv.Eventually with a 10 s bound.
+// eventually waits until cond holds, for up to 10 s.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	testenv.Eventually(t, 10*time.Second, what, func() error {
-		if !cond() {
-			return errors.New("not yet")
-		}
-		return nil
-	})
-}
-
-// queued returns the number of calls waiting in q (not yet taken into a pipeline).
-func (q *queue) queued() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.pending)
+	testenv.Until(t, 10*time.Second, what, cond)
 }
 
 // TestRedisDecisionExpiresWhileQueued queues a decision behind a pipeline
@@ -35,7 +24,7 @@ func (q *queue) queued() int {
 // sent for it.
 func TestRedisDecisionExpiresWhileQueued(t *testing.T) {
 	const long = 2 * time.Second
-	r := newRedis(t, newClient(t, blackhole(t)), zap.NewNop(), RedisOptions{Timeout: long, OnError: OnErrorAllow})
+	r := newRedis(t, newClient(t, blackhole(t)), zap.NewNop(), RedisOptions{Timeout: long, OnError: config.OnErrorAllow})
 	ctx := context.Background()
 	first := make(chan error, 1)
 	go func() {
@@ -69,13 +58,13 @@ func TestRedisDecisionExpiresWhileQueued(t *testing.T) {
 // TestRedisAfterClose: decisions after Close answer by the policy at once,
 // with ErrUnavailable, and send nothing.
 func TestRedisAfterClose(t *testing.T) {
-	for _, policy := range []string{OnErrorAllow, OnErrorDeny} {
-		r := newRedis(t, newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{OnError: policy})
+	for _, policy := range []config.OnError{config.OnErrorAllow, config.OnErrorDeny} {
+		r := newRedis(t, newClient(t, testenv.FreeAddr(t)), zap.NewNop(), RedisOptions{OnError: policy})
 		if err := r.Close(); err != nil {
 			t.Fatal(err)
 		}
 		d, err := r.Allow(context.Background(), "k", rate240)
-		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, errClosed) || d.Allowed != (policy == OnErrorAllow) {
+		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, errClosed) || d.Allowed != (policy == config.OnErrorAllow) {
 			t.Fatalf("%s: after Close: %+v, %v", policy, d, err)
 		}
 		if r.Calls() != 0 {
@@ -90,7 +79,7 @@ func TestRedisAfterClose(t *testing.T) {
 // TestRedisCancelledContext: a caller whose context is already done gets the
 // policy's answer without a command.
 func TestRedisCancelledContext(t *testing.T) {
-	r := newRedis(t, newClient(t, blackhole(t)), zap.NewNop(), RedisOptions{OnError: OnErrorDeny})
+	r := newRedis(t, newClient(t, blackhole(t)), zap.NewNop(), RedisOptions{OnError: config.OnErrorDeny})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	d, err := r.Allow(ctx, "k", rate240)

@@ -57,9 +57,9 @@ type localConfig struct {
 	sweep time.Duration
 }
 
-// WithClock makes the limiter read time from now instead of the real clock
+// withClock makes the limiter read time from now instead of the real clock
 // (deterministic tests); nil means the real clock.
-func WithClock(now func() time.Time) LocalOption {
+func withClock(now func() time.Time) LocalOption {
 	return func(c *localConfig) { c.now = now }
 }
 

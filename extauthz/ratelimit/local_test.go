@@ -15,7 +15,7 @@ import (
 func newTestLocal(t testing.TB, maxKeys int) (*Local, *fakeClock) {
 	t.Helper()
 	clk := newFakeClock()
-	l, err := NewLocal(maxKeys, WithClock(clk.Now), WithSweepInterval(0))
+	l, err := NewLocal(maxKeys, withClock(clk.Now), WithSweepInterval(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,13 +23,19 @@ func newTestLocal(t testing.TB, maxKeys int) (*Local, *fakeClock) {
 	return l, clk
 }
 
-func allow(t testing.TB, l Limiter, key string, r apikey.Rate) Decision {
+func allow(t testing.TB, l limiter, key string, r apikey.Rate) Decision {
 	t.Helper()
 	d, err := l.Allow(context.Background(), key, r)
 	if err != nil {
 		t.Fatalf("Allow(%q, %v): %v", key, r, err)
 	}
 	return d
+}
+
+// limiter is what Local and Redis have in common (the Check service's
+// extauthz.Limiter, which this package cannot import).
+type limiter interface {
+	Allow(ctx context.Context, key string, r apikey.Rate) (Decision, error)
 }
 
 var testRates = []apikey.Rate{
@@ -256,7 +262,7 @@ func TestLocalEvictionKeepsHotKeyLimited(t *testing.T) {
 
 func TestLocalSweeperDropsIdleKeys(t *testing.T) {
 	clk := newFakeClock()
-	l, err := NewLocal(100, WithClock(clk.Now), WithSweepInterval(time.Millisecond))
+	l, err := NewLocal(100, withClock(clk.Now), WithSweepInterval(time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,16 +11,15 @@
 // such entries freely. Unlike fixed windows there is no 2× burst at window
 // edges.
 //
-// Two limiters implement Limiter: Local keeps the state in memory (per
-// replica) and Redis keeps it in Redis, shared by every replica, with one
-// atomic Lua script per decision.
+// Two limiters have the Allow method extauthz.Limiter asks for: Local keeps
+// the state in memory (per replica) and Redis keeps it in Redis, shared by
+// every replica, with one atomic Lua script per decision.
 //
 // The key passed to Allow is an identifier (the key id), never the API key
 // secret: it is stored in memory or in Redis as given.
 package ratelimit
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -39,11 +38,6 @@ type Decision struct {
 	Window     time.Duration // the rate's period
 }
 
-// Limiter decides one request for a key under a rate.
-type Limiter interface {
-	Allow(ctx context.Context, key string, r apikey.Rate) (Decision, error)
-}
-
 // ErrUnavailable marks a limiter backend failure (error or timeout). The
 // Decision returned with it follows the configured on_error policy and is the
 // one callers must use; the error is for logging and metrics.
@@ -51,11 +45,6 @@ var ErrUnavailable = errors.New("ratelimit: backend unavailable")
 
 // ErrInvalidRate is returned for a rate whose N or period is not positive.
 var ErrInvalidRate = errors.New("ratelimit: invalid rate")
-
-var (
-	_ Limiter = (*Local)(nil)
-	_ Limiter = (*Redis)(nil)
-)
 
 // params returns the emission interval and the burst tolerance of r in
 // units of unit (nanoseconds for Local, microseconds for Redis). The interval

@@ -13,20 +13,14 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
 
-// Defaults of RedisOptions.
+// Defaults of the RedisOptions that are not configuration (Prefix, DenyCacheSize).
 const (
-	DefaultRedisTimeout  = 20 * time.Millisecond
 	DefaultRedisPrefix   = "keyauthz"
 	DefaultDenyCacheSize = 10_000
-)
-
-// On-error policies of RedisOptions.OnError.
-const (
-	OnErrorAllow = "allow"
-	OnErrorDeny  = "deny"
 )
 
 // gcraScript is one GCRA decision, atomic in Redis, on Redis server time in
@@ -80,12 +74,13 @@ return {1, ttl, 0, now}
 // Rates the admin API accepts (periods up to a year) never reach it.
 const maxSpan = 1 << 48
 
-// RedisOptions configures a Redis limiter.
+// RedisOptions configures a Redis limiter. Timeout and OnError are taken as
+// given (their defaults are config.Default's): NewRedis refuses them missing.
 type RedisOptions struct {
-	Timeout       time.Duration // per decision, from the call (or the caller's deadline if sooner); default 20ms
-	OnError       string        // "allow" or "deny" (default) when Redis fails or times out
-	Prefix        string        // key prefix; a key is stored as "<prefix>:{<key>}"; default "keyauthz"
-	DenyCacheSize int           // keys remembered as over their limit; 0 means 10000, negative turns the cache off
+	Timeout       time.Duration  // per decision, from the call (or the caller's deadline if sooner); must be positive
+	OnError       config.OnError // the decision when Redis fails or times out
+	Prefix        string         // key prefix; a key is stored as "<prefix>:{<key>}"; default "keyauthz"
+	DenyCacheSize int            // keys remembered as over their limit; 0 means 10000, negative turns the cache off
 }
 
 // Redis is a GCRA limiter whose state lives in Redis, shared by every
@@ -144,18 +139,11 @@ func NewRedis(client redis.UniversalClient, log *zap.Logger, opt RedisOptions) (
 	if !contextTimeouts(client) {
 		return nil, errors.New("ratelimit: redis client must set ContextTimeoutEnabled so the limiter timeout applies")
 	}
-	if opt.Timeout < 0 {
-		return nil, errors.New("ratelimit: redis timeout must not be negative")
+	if opt.Timeout <= 0 {
+		return nil, errors.New("ratelimit: redis timeout must be positive")
 	}
-	if opt.Timeout == 0 {
-		opt.Timeout = DefaultRedisTimeout
-	}
-	switch opt.OnError {
-	case "":
-		opt.OnError = OnErrorDeny
-	case OnErrorAllow, OnErrorDeny:
-	default:
-		return nil, fmt.Errorf("ratelimit: on_error must be %q or %q, not %q", OnErrorAllow, OnErrorDeny, opt.OnError)
+	if err := opt.OnError.Check(); err != nil {
+		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
 	if opt.Prefix == "" {
 		opt.Prefix = DefaultRedisPrefix
@@ -164,9 +152,9 @@ func NewRedis(client redis.UniversalClient, log *zap.Logger, opt RedisOptions) (
 		opt.DenyCacheSize = DefaultDenyCacheSize
 	}
 	r := &Redis{
-		log:   log.Named("ratelimit"),
+		log:   log,
 		opt:   opt,
-		allow: opt.OnError == OnErrorAllow,
+		allow: opt.OnError == config.OnErrorAllow,
 		base:  time.Now(),
 	}
 	r.batch = newBatcher(client, gcraScript, &r.calls)
@@ -328,7 +316,7 @@ func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([4]int64, 
 	if err != nil {
 		return [4]int64{}, err
 	}
-	c := newCall(key, iv, tau, deadline)
+	c := newQuery(key, iv, tau, deadline)
 	c.timer.Reset(time.Until(deadline))
 	if !q.add(c) {
 		c.timer.Stop()
@@ -344,7 +332,7 @@ func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([4]int64, 
 		stop = ctx.Err()
 	}
 	c.timer.Stop()
-	if stop != nil && !c.state.CompareAndSwap(callPending, callAbandoned) {
+	if stop != nil && !c.state.CompareAndSwap(queryPending, queryAbandoned) {
 		// The reply came in as the caller gave up: use it.
 		<-c.done
 		stop = nil
@@ -361,7 +349,7 @@ func (r *Redis) eval(ctx context.Context, key string, iv, tau int64) ([4]int64, 
 func (r *Redis) fail(ctx context.Context, rate apikey.Rate, iv int64, err error) (Decision, error) {
 	if ctx.Err() == nil && !r.down.Load() && r.down.CompareAndSwap(false, true) {
 		r.log.Warn("redis limiter unavailable, applying on_error policy",
-			zap.String("on_error", r.opt.OnError), zap.Error(err))
+			zap.Stringer("on_error", r.opt.OnError), zap.Error(err))
 	}
 	d := Decision{Allowed: r.allow, Limit: rate.N, Window: rate.Per}
 	if !r.allow {

@@ -17,9 +17,17 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/test/testenv"
 )
+
+// queued returns the number of queries waiting in q (not yet taken into a pipeline).
+func (q *queue) queued() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pending)
+}
 
 // nodes returns one client per master (the client itself for a single node).
 func nodes(t testing.TB, c redis.UniversalClient) []*redis.Client {
@@ -92,6 +100,31 @@ func serverTime(t testing.TB, c redis.UniversalClient) time.Time {
 		t.Fatal(err)
 	}
 	return ts
+}
+
+// wantPolicy fails t unless 20 calls of r, with Redis unreachable, each answer
+// by policy with ErrUnavailable within timeout+10ms.
+func wantPolicy(t testing.TB, ctx context.Context, r *Redis, timeout time.Duration, policy config.OnError, what string) {
+	t.Helper()
+	for i := range 20 {
+		start := time.Now()
+		d, err := r.Allow(ctx, fmt.Sprint("k", i), rate240)
+		if took := time.Since(start); took > timeout+10*time.Millisecond {
+			t.Fatalf("%s: call %d took %v, want <= %v", what, i, took, timeout+10*time.Millisecond)
+		}
+		if !errors.Is(err, ErrUnavailable) || d.Allowed != (policy == config.OnErrorAllow) {
+			t.Fatalf("%s: call %d: %+v, %v; want policy %s and ErrUnavailable", what, i, d, err, policy)
+		}
+	}
+}
+
+// recovered waits until r answers a probe without error, within timeout.
+func recovered(t testing.TB, ctx context.Context, r *Redis, timeout time.Duration, what string) {
+	t.Helper()
+	testenv.Eventually(t, timeout, what, func() error {
+		_, err := r.Allow(ctx, "probe", apikey.Rate{N: 1000, Per: time.Second})
+		return err
+	})
 }
 
 func singleClient(t testing.TB) (*testenv.RedisProc, redis.UniversalClient) {
@@ -299,27 +332,15 @@ func TestRedisDenyCacheSkipsRedis(t *testing.T) {
 // Timeout+10ms, and limits apply again afterwards with the same client.
 func TestRedisOutageAndRestart(t *testing.T) {
 	const timeout = 20 * time.Millisecond
-	for _, policy := range []string{OnErrorAllow, OnErrorDeny} {
-		t.Run(policy, func(t *testing.T) {
+	for _, policy := range []config.OnError{config.OnErrorAllow, config.OnErrorDeny} {
+		t.Run(policy.String(), func(t *testing.T) {
 			p, c := singleClient(t)
 			r := newTestRedis(t, c, RedisOptions{Timeout: timeout, OnError: policy})
 			ctx := context.Background()
 			if _, err := r.Allow(ctx, "warm", rate240); err != nil {
 				t.Fatal(err)
 			}
-			outage := func(what string) {
-				t.Helper()
-				for i := range 20 {
-					start := time.Now()
-					d, err := r.Allow(ctx, fmt.Sprint("k", i), rate240)
-					if took := time.Since(start); took > timeout+10*time.Millisecond {
-						t.Fatalf("%s: call %d took %v, want <= %v", what, i, took, timeout+10*time.Millisecond)
-					}
-					if !errors.Is(err, ErrUnavailable) || d.Allowed != (policy == OnErrorAllow) {
-						t.Fatalf("%s: call %d: %+v, %v; want policy %s and ErrUnavailable", what, i, d, err, policy)
-					}
-				}
-			}
+			outage := func(what string) { wantPolicy(t, ctx, r, timeout, policy, what) }
 			p.Pause()
 			outage("paused")
 			p.Resume()
@@ -328,17 +349,7 @@ func TestRedisOutageAndRestart(t *testing.T) {
 			p.Start()
 
 			// Same client: it reconnects; then the limit applies again.
-			deadline := time.Now().Add(5 * time.Second)
-			for {
-				_, err := r.Allow(ctx, "probe", apikey.Rate{N: 1000, Per: time.Second})
-				if err == nil {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("limiter did not recover after restart: %v", err)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			recovered(t, ctx, r, 5*time.Second, "limiter recovers after restart")
 			rate := apikey.Rate{N: 3, Per: time.Minute}
 			for i := range 4 {
 				d, err := r.Allow(ctx, "after-restart", rate)
@@ -380,7 +391,7 @@ func TestRedisClusterOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	r := newTestRedis(t, client, RedisOptions{Timeout: timeout, OnError: OnErrorDeny})
+	r := newTestRedis(t, client, RedisOptions{Timeout: timeout, OnError: config.OnErrorDeny})
 	warmBy := time.Now().Add(10 * time.Second)
 	for i := 0; i < 10; { // warm every node's connections
 		if _, err := r.Allow(ctx, fmt.Sprint("warm", i), rate240); err == nil {
@@ -389,19 +400,7 @@ func TestRedisClusterOutage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	outage := func(what string, r *Redis) {
-		t.Helper()
-		for i := range 20 {
-			start := time.Now()
-			d, err := r.Allow(ctx, fmt.Sprint("k", i), rate240)
-			if took := time.Since(start); took > timeout+10*time.Millisecond {
-				t.Fatalf("%s: call %d took %v, want <= %v", what, i, took, timeout+10*time.Millisecond)
-			}
-			if !errors.Is(err, ErrUnavailable) || d.Allowed {
-				t.Fatalf("%s: call %d: %+v, %v; want a deny and ErrUnavailable", what, i, d, err)
-			}
-		}
-	}
+	outage := func(what string, r *Redis) { wantPolicy(t, ctx, r, timeout, config.OnErrorDeny, what) }
 	for _, p := range procs {
 		p.Pause()
 	}
@@ -411,43 +410,33 @@ func TestRedisClusterOutage(t *testing.T) {
 		p.Stop()
 	}
 	outage("stopped", r)
-	outage("stopped, new client", newTestRedis(t, newCluster(), RedisOptions{Timeout: timeout, OnError: OnErrorDeny}))
+	outage("stopped, new client", newTestRedis(t, newCluster(), RedisOptions{Timeout: timeout, OnError: config.OnErrorDeny}))
 
 	for _, p := range procs {
 		p.Start()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := r.Allow(ctx, "probe", apikey.Rate{N: 1000, Per: time.Second})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("limiter did not recover after the cluster restarted: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	recovered(t, ctx, r, 10*time.Second, "limiter recovers after the cluster restarted")
 	// Limits apply again: a fresh key at 3/m gets exactly 3. A single call may still
 	// miss its 20 ms budget while the client refreshes its slot map on a loaded
-	// machine, so the sequence is retried with a new key until the deadline.
+	// machine, so the sequence is retried with a new key for up to 10 s.
 	rate := apikey.Rate{N: 3, Per: time.Minute}
-	for attempt := 0; ; attempt++ {
+	attempt := 0
+	testenv.Eventually(t, 10*time.Second, "after restart, a fresh key at 3/m gets exactly 3", func() error {
 		key := fmt.Sprintf("after-restart-%d", attempt)
-		got, err := "", error(nil)
-		for i := 0; i < 4 && err == nil; i++ {
-			var d Decision
-			if d, err = r.Allow(ctx, key, rate); err == nil {
-				got += fmt.Sprint(d.Allowed, " ")
+		attempt++
+		got := ""
+		for range 4 {
+			d, err := r.Allow(ctx, key, rate)
+			if err != nil {
+				return fmt.Errorf("%q, then %w", got, err)
 			}
+			got += fmt.Sprint(d.Allowed, " ")
 		}
-		if err == nil && got == "true true true false " {
-			break
+		if got != "true true true false " {
+			return fmt.Errorf("%q", got)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after restart: %q, %v", got, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestRedisCloseDrains queues decisions while Redis is paused and closes the

@@ -13,15 +13,26 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 var rate240 = apikey.Rate{N: 240, Per: time.Minute}
 
 // newRedis returns a limiter that is closed when the test ends (before its
 // client, which was made first).
+// newRedis is NewRedis, with a Timeout and OnError left at zero taken from
+// config.Default (ratelimit.timeout, ratelimit.on_error).
 func newRedis(t testing.TB, c redis.UniversalClient, log *zap.Logger, opt RedisOptions) *Redis {
 	t.Helper()
+	def := config.Default().RateLimit
+	if opt.Timeout == 0 {
+		opt.Timeout = def.Timeout
+	}
+	if opt.OnError == 0 {
+		opt.OnError = def.OnError
+	}
 	r, err := NewRedis(c, log, opt)
 	if err != nil {
 		t.Fatal(err)
@@ -38,18 +49,6 @@ func newClient(t testing.TB, addr string) redis.UniversalClient {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
-}
-
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
 
 // blackhole accepts connections and never answers, like a hung server.
@@ -87,31 +86,34 @@ func blackhole(t testing.TB) string {
 }
 
 func TestNewRedisValidates(t *testing.T) {
-	good := newClient(t, closedAddr(t))
-	noCtx := redis.NewClient(&redis.Options{Addr: closedAddr(t)})
+	good := newClient(t, testenv.FreeAddr(t))
+	noCtx := redis.NewClient(&redis.Options{Addr: testenv.FreeAddr(t)})
 	defer noCtx.Close()
 	log := zap.NewNop()
+	ok := RedisOptions{Timeout: time.Second, OnError: config.OnErrorAllow}
 	for name, tc := range map[string]struct {
 		c   redis.UniversalClient
 		log *zap.Logger
 		opt RedisOptions
 	}{
-		"nil client":              {nil, log, RedisOptions{}},
-		"nil logger":              {good, nil, RedisOptions{}},
-		"no context timeouts":     {noCtx, log, RedisOptions{}},
-		"negative timeout":        {good, log, RedisOptions{Timeout: -time.Second}},
-		"unknown on_error policy": {good, log, RedisOptions{OnError: "maybe"}},
+		"nil client":              {nil, log, ok},
+		"nil logger":              {good, nil, ok},
+		"no context timeouts":     {noCtx, log, ok},
+		"negative timeout":        {good, log, RedisOptions{Timeout: -time.Second, OnError: config.OnErrorDeny}},
+		"no timeout":              {good, log, RedisOptions{OnError: config.OnErrorDeny}},
+		"no on_error policy":      {good, log, RedisOptions{Timeout: time.Second}},
+		"unknown on_error policy": {good, log, RedisOptions{Timeout: time.Second, OnError: 9}},
 	} {
 		if _, err := NewRedis(tc.c, tc.log, tc.opt); err == nil {
 			t.Errorf("%s: NewRedis succeeded", name)
 		}
 	}
-	r, err := NewRedis(good, log, RedisOptions{})
+	r, err := NewRedis(good, log, ok)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.opt.Timeout != DefaultRedisTimeout || r.opt.OnError != OnErrorDeny || r.opt.Prefix != DefaultRedisPrefix || r.opt.DenyCacheSize != DefaultDenyCacheSize {
-		t.Fatalf("defaults not applied: %+v", r.opt)
+	if r.opt != (RedisOptions{Timeout: ok.Timeout, OnError: ok.OnError, Prefix: DefaultRedisPrefix, DenyCacheSize: DefaultDenyCacheSize}) {
+		t.Fatalf("options: %+v", r.opt)
 	}
 }
 
@@ -138,10 +140,10 @@ func TestNewRedisClient(t *testing.T) {
 // error wrapping ErrUnavailable.
 func TestRedisUnavailablePolicy(t *testing.T) {
 	const timeout = 20 * time.Millisecond
-	servers := map[string]string{"refused": closedAddr(t), "hung": blackhole(t)}
+	servers := map[string]string{"refused": testenv.FreeAddr(t), "hung": blackhole(t)}
 	for srv, addr := range servers {
-		for _, policy := range []string{OnErrorAllow, OnErrorDeny} {
-			t.Run(srv+"/"+policy, func(t *testing.T) {
+		for _, policy := range []config.OnError{config.OnErrorAllow, config.OnErrorDeny} {
+			t.Run(srv+"/"+policy.String(), func(t *testing.T) {
 				core, logs := observer.New(zap.InfoLevel)
 				r := newRedis(t, newClient(t, addr), zap.New(core), RedisOptions{Timeout: timeout, OnError: policy})
 				for i := 0; i < 5; i++ {
@@ -154,8 +156,8 @@ func TestRedisUnavailablePolicy(t *testing.T) {
 					if took > timeout+10*time.Millisecond {
 						t.Fatalf("call %d took %v, want <= %v", i, took, timeout+10*time.Millisecond)
 					}
-					want := Decision{Allowed: policy == OnErrorAllow, Limit: 240, Window: time.Minute}
-					if policy == OnErrorDeny {
+					want := Decision{Allowed: policy == config.OnErrorAllow, Limit: 240, Window: time.Minute}
+					if policy == config.OnErrorDeny {
 						want.RetryAfter, want.Reset = 250*time.Millisecond, 250*time.Millisecond
 					}
 					if d != want {
@@ -188,7 +190,7 @@ func fmtAny(v any) string {
 }
 
 func TestRedisInvalidRateIsNotUnavailable(t *testing.T) {
-	r := newRedis(t, newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{OnError: OnErrorAllow})
+	r := newRedis(t, newClient(t, testenv.FreeAddr(t)), zap.NewNop(), RedisOptions{OnError: config.OnErrorAllow})
 	_, err := r.Allow(context.Background(), "k", apikey.Rate{})
 	if !errors.Is(err, ErrInvalidRate) || errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err %v, want ErrInvalidRate only", err)
@@ -200,7 +202,7 @@ func TestRedisInvalidRateIsNotUnavailable(t *testing.T) {
 
 func TestRedisDenyCache(t *testing.T) {
 	clk := newFakeClock()
-	r := newRedis(t, newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: 2})
+	r := newRedis(t, newClient(t, testenv.FreeAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: 2})
 	r.now, r.base = clk.Now, clk.Now()
 	rate := apikey.Rate{N: 4, Per: time.Second}
 	r.remember("k", rate, Decision{RetryAfter: 100 * time.Millisecond, Reset: time.Second})
@@ -241,7 +243,7 @@ func TestRedisDenyCache(t *testing.T) {
 }
 
 func TestRedisDenyCacheOff(t *testing.T) {
-	r := newRedis(t, newClient(t, closedAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: -1})
+	r := newRedis(t, newClient(t, testenv.FreeAddr(t)), zap.NewNop(), RedisOptions{DenyCacheSize: -1})
 	r.remember("k", rate240, Decision{RetryAfter: time.Second})
 	if _, ok := r.cached("k", rate240); ok {
 		t.Fatal("disabled cache answered")
@@ -254,9 +256,9 @@ func TestRedisDenyCacheOff(t *testing.T) {
 // client keeps dialing (no dial circuit breaker): the moment a server listens
 // there, the next decision reaches it.
 func TestRedisRefusedDialsEveryTime(t *testing.T) {
-	addr := closedAddr(t)
+	addr := testenv.FreeAddr(t)
 	c := newClient(t, addr)
-	r := newRedis(t, c, zap.NewNop(), RedisOptions{Timeout: time.Second, OnError: OnErrorDeny})
+	r := newRedis(t, c, zap.NewNop(), RedisOptions{Timeout: time.Second, OnError: config.OnErrorDeny})
 	var slowest time.Duration
 	for i := range 100 {
 		start := time.Now()

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 )
 
@@ -31,7 +32,7 @@ func TestRedisStallDoesNotCharge(t *testing.T) {
 	loadScript(t, c)
 	var rs [4]*Redis
 	for i := range rs {
-		rs[i] = newTestRedis(t, newClient(t, p.Addr()), RedisOptions{Timeout: 20 * time.Millisecond, OnError: OnErrorDeny, DenyCacheSize: -1})
+		rs[i] = newTestRedis(t, newClient(t, p.Addr()), RedisOptions{Timeout: 20 * time.Millisecond, OnError: config.OnErrorDeny, DenyCacheSize: -1})
 	}
 	rate := apikey.Rate{N: 240, Per: time.Hour} // no refill within the test
 	ctx := context.Background()
@@ -183,7 +184,7 @@ func TestRedisExtremeRates(t *testing.T) {
 // to the first decision Redis makes: at most 250 ms.
 func TestRedisRestartRecovery(t *testing.T) {
 	p, c := singleClient(t)
-	r := newTestRedis(t, c, RedisOptions{Timeout: 20 * time.Millisecond, OnError: OnErrorDeny})
+	r := newTestRedis(t, c, RedisOptions{Timeout: 20 * time.Millisecond, OnError: config.OnErrorDeny})
 	ctx := context.Background()
 	rate := apikey.Rate{N: 1_000_000, Per: time.Second}
 	var worst time.Duration

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,7 @@ type Recorder struct {
 	store    Toucher
 	interval time.Duration
 	log      *zap.Logger
+	seed     maphash.Seed // picks a key's shard
 	shards   [shardCount]shard
 	pending  atomic.Int64 // keys held across all shards (approximate upper bound)
 	dropped  atomic.Uint64
@@ -60,28 +62,18 @@ func New(s Toucher, interval time.Duration, log *zap.Logger) (*Recorder, error) 
 	case interval <= 0:
 		return nil, fmt.Errorf("usage: interval %v: must be positive", interval)
 	}
-	r := &Recorder{store: s, interval: interval, log: log.Named("usage")}
+	r := &Recorder{store: s, interval: interval, log: log, seed: maphash.MakeSeed()}
 	for i := range r.shards {
 		r.shards[i].m = make(map[string]int64)
 	}
 	return r, nil
 }
 
-// fnv32a hashes s without allocating.
-func fnv32a(s string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(s); i++ {
-		h ^= uint32(s[i])
-		h *= 16777619
-	}
-	return h
-}
-
 // Used notes that keyID was used at at. It never blocks on the store and does not
 // allocate for a key already pending; safe for concurrent use.
 func (r *Recorder) Used(keyID string, at time.Time) {
 	ns := at.UnixNano()
-	s := &r.shards[fnv32a(keyID)&(shardCount-1)]
+	s := &r.shards[maphash.String(r.seed, keyID)&(shardCount-1)]
 	s.mu.Lock()
 	prev, ok := s.m[keyID]
 	switch {

@@ -76,7 +76,7 @@ admin: {tokens: [{name: portal, file: %q}]}
 		t.Fatalf("local audit: %d %s", code, local)
 	}
 	for _, sec := range []string{k.Key, r.Key} {
-		if strings.Contains(out+local+s.Logs(), sec) {
+		if strings.Contains(out+local+s.Output(), sec) {
 			t.Fatal("a secret appears in audit output or logs")
 		}
 	}

@@ -3,17 +3,15 @@
 package binary
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,23 +19,25 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 var bin string
 
 func TestMain(m *testing.M) {
-	bin = os.Getenv("KEYAUTHZ_BIN")
+	bin = os.Getenv(testenv.KeyauthzBinEnv)
 	tmp := ""
 	if bin == "" {
-		var err error
-		if tmp, err = os.MkdirTemp("", "kzbin"); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+		root, err := testenv.TryRepoRoot()
+		if err == nil {
+			tmp, err = os.MkdirTemp("", "kzbin")
 		}
-		bin = filepath.Join(tmp, "keyauthz")
-		out, err := exec.Command("go", "build", "-o", bin, "github.com/keyauthz/keyauthz/cmd/keyauthz").CombinedOutput()
+		if err == nil {
+			bin, err = testenv.BuildKeyauthz(root, tmp)
+		}
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "build keyauthz: %v\n%s", err, out)
+			fmt.Fprintln(os.Stderr, "build keyauthz:", err)
 			os.Exit(1)
 		}
 	}
@@ -48,72 +48,66 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// server is a running `keyauthz serve`.
+// startServe runs `keyauthz serve args...` in dir ("" keeps ours); its output
+// goes to a log printed if the test fails, and it is killed at cleanup.
+func startServe(t *testing.T, dir string, args ...string) *testenv.Proc {
+	t.Helper()
+	return testenv.StartProc(t, testenv.ProcOptions{Name: "keyauthz", Bin: bin, Dir: dir, Args: append([]string{"serve"}, args...)})
+}
+
+// serving waits for p's "serving" log line and returns the gRPC and HTTP
+// addresses in it; the test fails if p exits first or 20 s pass.
+func serving(t *testing.T, p *testenv.Proc) [2]string {
+	t.Helper()
+	var addrs [2]string
+	var exited bool
+	err := testenv.Poll(20*time.Second, func() error {
+		for _, line := range strings.Split(p.Output(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "serving" {
+				addrs = [2]string{fmt.Sprint(m["grpc"]), fmt.Sprint(m["http"])}
+				return nil
+			}
+		}
+		if exited, _ = p.Exited(); exited {
+			return nil
+		}
+		return errors.New("no \"serving\" log line yet")
+	})
+	switch {
+	case exited:
+		t.Fatalf("serve exited before serving: %v", p.Err())
+	case err != nil:
+		t.Fatalf("serve did not start serving: %v", err)
+	}
+	return addrs
+}
+
+// exitCode waits for p to exit and returns its exit code (-1 when killed by a signal).
+func exitCode(t *testing.T, p *testenv.Proc, within time.Duration) int {
+	t.Helper()
+	code, ok := p.ExitCode(within)
+	if !ok {
+		t.Fatalf("keyauthz still running after %v", within)
+	}
+	return code
+}
+
+// server is a running `keyauthz serve` on loopback port 0, with gRPC clients.
 type server struct {
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	logs   bytes.Buffer
+	*testenv.Proc
 	grpc   string
 	http   string
-	done   chan error
 	client authv3.AuthorizationClient
 	health healthpb.HealthClient
-}
-
-func (s *server) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.logs.Write(p)
-}
-
-func (s *server) Logs() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.logs.String()
 }
 
 // start runs `keyauthz serve` in dir on port 0 and reads the bound ports from its log.
 func start(t *testing.T, dir string, args ...string) *server {
 	t.Helper()
-	s := &server{done: make(chan error, 1)}
-	s.cmd = exec.Command(bin, append([]string{"serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, args...)...)
-	s.cmd.Dir = dir
-	pr, pw, _ := os.Pipe()
-	s.cmd.Stderr, s.cmd.Stdout = pw, pw
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pw.Close()
-	addrs := make(chan [2]string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(s, line)
-			var m map[string]any
-			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "serving" {
-				addrs <- [2]string{fmt.Sprint(m["grpc"]), fmt.Sprint(m["http"])}
-			}
-		}
-	}()
-	go func() { s.done <- s.cmd.Wait() }()
-	t.Cleanup(func() {
-		if s.cmd.ProcessState == nil {
-			s.cmd.Process.Kill()
-			<-s.done
-		}
-		if t.Failed() {
-			t.Logf("keyauthz log:\n%s", s.Logs())
-		}
-	})
-	select {
-	case a := <-addrs:
-		s.grpc, s.http = a[0], a[1]
-	case err := <-s.done:
-		t.Fatalf("serve exited: %v\n%s", err, s.Logs())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("serve did not start\n%s", s.Logs())
-	}
+	s := &server{Proc: startServe(t, dir, append([]string{"--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, args...)...)}
+	a := serving(t, s.Proc)
+	s.grpc, s.http = a[0], a[1]
 	conn, err := grpc.NewClient(s.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -130,14 +124,8 @@ func start(t *testing.T, dir string, args ...string) *server {
 // stop sends SIGTERM and expects exit code 0.
 func (s *server) stop(t *testing.T) {
 	t.Helper()
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-s.done:
-		if err != nil {
-			t.Fatalf("serve exit after SIGTERM: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("serve did not exit after SIGTERM")
+	if err := s.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -171,16 +159,15 @@ func (s *server) check(t *testing.T, key string) decision {
 	return d
 }
 
+// poll waits until cond holds (testenv.Eventually) and returns how long that took.
 func poll(t *testing.T, what string, within time.Duration, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v", what, within)
+	return testenv.Eventually(t, within, what, func() error {
+		if !cond() {
+			return errors.New("not yet")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return time.Since(start)
+		return nil
+	})
 }
 
 // cli runs a keyauthz command and returns stdout, stderr and the exit code.
@@ -347,7 +334,7 @@ func TestBinaryLifecycle(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatal("no database file")
 	}
-	logs := s.Logs()
+	logs := s.Output()
 	if !strings.Contains(logs, k.ID) && !strings.Contains(logs, `"msg":"serving"`) {
 		t.Fatal("server log looks empty")
 	}
@@ -375,7 +362,7 @@ func TestEmbeddedDefault(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "keyauthz.db")); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(s.Logs(), "created a random pepper") {
+	if !strings.Contains(s.Output(), "created a random pepper") {
 		t.Fatal("log does not say a pepper was created")
 	}
 	out, _, code := cli(t, dir, "keys", "create", "--workspace", "w", "--name", "n", "--json")

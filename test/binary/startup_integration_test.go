@@ -26,21 +26,8 @@ func TestServeStartsBeforePostgres(t *testing.T) {
 	pg.Stop() // the database exists; the server is down
 	dir := t.TempDir()
 	conf := startupConfig(t, dir, pg.URL())
-	p := startServe(t, conf)
-	var addrs [2]string
-	select {
-	case addrs = <-p.serving:
-	case <-p.done:
-		t.Fatalf("serve exited with PostgreSQL down: %v", p.err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not start serving")
-	}
-	health, readyz := startupProbes(t, addrs)
-	poll(t, "gRPC health answers", 10*time.Second, func() bool { return health() != healthpb.HealthCheckResponse_UNKNOWN })
-	poll(t, "a retry logged", 10*time.Second, func() bool { return strings.Contains(p.output(), "store still not reachable") })
-	if h, r := health(), readyz(); h != healthpb.HealthCheckResponse_NOT_SERVING || r != http.StatusServiceUnavailable {
-		t.Fatalf("PostgreSQL down: health %v, /readyz %d; want NOT_SERVING, 503", h, r)
-	}
+	p := startServe(t, "", "--config", conf)
+	health, readyz := waitingForStore(t, p)
 
 	pg.Start()
 	up := time.Now()
@@ -49,10 +36,8 @@ func TestServeStartsBeforePostgres(t *testing.T) {
 	if h := health(); h != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health %v once ready, want SERVING", h)
 	}
-	select {
-	case <-p.done:
-		t.Fatalf("serve exited: %v", p.err)
-	default:
+	if done, err := p.Exited(); done {
+		t.Fatalf("serve exited: %v", err)
 	}
 
 	out, errOut, code := cli(t, dir, "keys", "create", "--config", conf, "--workspace", "w", "--name", "n", "--json")
@@ -60,7 +45,7 @@ func TestServeStartsBeforePostgres(t *testing.T) {
 		t.Fatalf("keys create: exit %d: %s", code, errOut)
 	}
 	key := mustJSON(t, out).Key
-	conn, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(serving(t, p)[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,12 +58,12 @@ func TestServeStartsBeforePostgres(t *testing.T) {
 	if err != nil || r.GetOkResponse() == nil {
 		t.Fatalf("Check with a key from the store: %v, %v", r, err)
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if code := p.wait(t, 15*time.Second); code != 0 {
+	p.Signal(syscall.SIGTERM)
+	if code := exitCode(t, p, 15*time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM", code)
 	}
-	noPanic(t, p.output())
-	if strings.Contains(p.output(), testenv.PGPassword) {
+	noPanic(t, p.Output())
+	if strings.Contains(p.Output(), testenv.PGPassword) {
 		t.Fatal("the log shows the database password")
 	}
 }
@@ -88,9 +73,9 @@ func TestServeStartsBeforePostgres(t *testing.T) {
 func TestServeWrongPostgresPasswordExits(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	const pw = "n0t-the-Passw0rd"
-	p := startServe(t, startupConfig(t, t.TempDir(), strings.Replace(pg.URL(), testenv.PGPassword, pw, 1)))
-	code := p.wait(t, 20*time.Second)
-	out := p.output()
+	p := startServe(t, "", "--config", startupConfig(t, t.TempDir(), strings.Replace(pg.URL(), testenv.PGPassword, pw, 1)))
+	code := exitCode(t, p, 20*time.Second)
+	out := p.Output()
 	noPanic(t, out)
 	if code != 1 || !strings.Contains(out, "password authentication failed") || strings.Contains(out, pw) {
 		t.Fatalf("exit %d, want 1 with the server's error and without the password:\n%s", code, out)

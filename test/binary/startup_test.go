@@ -1,10 +1,7 @@
 package binary
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 // startupConfig writes a config (private pepper, loopback port-0 listeners,
@@ -39,88 +37,6 @@ func startupConfig(t *testing.T, dir, storeURL string) string {
 		t.Fatal(err)
 	}
 	return conf
-}
-
-// proc is a `keyauthz serve` whose output is collected.
-type proc struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
-	done chan struct{}
-	err  error // Wait's, once done is closed
-
-	serving chan [2]string // gRPC and HTTP address from the "serving" log line
-}
-
-func (p *proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *proc) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
-
-// startServe runs `keyauthz serve --config conf`; it is killed at cleanup if still running.
-func startServe(t *testing.T, conf string) *proc {
-	t.Helper()
-	p := &proc{done: make(chan struct{}), serving: make(chan [2]string, 1)}
-	p.cmd = exec.Command(bin, "serve", "--config", conf)
-	pr, pw := io.Pipe()
-	p.cmd.Stdout, p.cmd.Stderr = pw, pw
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			fmt.Fprintln(p, sc.Text())
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == "serving" {
-				p.serving <- [2]string{fmt.Sprint(m["grpc"]), fmt.Sprint(m["http"])}
-			}
-		}
-	}()
-	go func() {
-		p.err = p.cmd.Wait()
-		pw.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("keyauthz output:\n%s", p.output())
-		}
-	})
-	return p
-}
-
-// wait waits for the process to exit and returns its exit code (-1 when killed by a signal).
-func (p *proc) wait(t *testing.T, within time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(within):
-		t.Fatalf("keyauthz still running after %v", within)
-	}
-	var ee *exec.ExitError
-	switch {
-	case p.err == nil:
-		return 0
-	case errors.As(p.err, &ee):
-		return ee.ExitCode()
-	}
-	t.Fatalf("wait: %v", p.err)
-	return 0
 }
 
 // noPanic fails the test if the output shows a Go panic or crash dump.
@@ -151,9 +67,9 @@ func TestServeBadStoreExits(t *testing.T) {
 		"postgres malformed query":      {"postgres://u@127.0.0.1:x/k?password=" + pw, "store.url"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			p := startServe(t, startupConfig(t, t.TempDir(), c.url))
-			code := p.wait(t, 20*time.Second)
-			out := p.output()
+			p := startServe(t, "", "--config", startupConfig(t, t.TempDir(), c.url))
+			code := exitCode(t, p, 20*time.Second)
+			out := p.Output()
 			noPanic(t, out)
 			if code != 1 || !strings.Contains(out, c.want) {
 				t.Fatalf("exit %d, want 1 with %q in:\n%s", code, c.want, out)
@@ -176,25 +92,11 @@ func TestServeWaitsForUnreachablePostgres(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close() // nothing listens there now: connections are refused
-	p := startServe(t, startupConfig(t, t.TempDir(), "postgres://u@"+addr+"/k?sslmode=disable&password="+pw))
-	var addrs [2]string
-	select {
-	case addrs = <-p.serving:
-	case <-p.done:
-		t.Fatalf("serve exited with PostgreSQL down: %v", p.err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not start serving")
-	}
-	health, readyz := startupProbes(t, addrs)
-	poll(t, "gRPC health answers", 10*time.Second, func() bool { return health() != healthpb.HealthCheckResponse_UNKNOWN })
-	// Several retries later it is still up and still not ready.
-	poll(t, "a retry logged", 10*time.Second, func() bool { return strings.Contains(p.output(), "store still not reachable") })
-	if h, r := health(), readyz(); h != healthpb.HealthCheckResponse_NOT_SERVING || r != http.StatusServiceUnavailable {
-		t.Fatalf("PostgreSQL down: health %v, /readyz %d; want NOT_SERVING, 503", h, r)
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	code := p.wait(t, 15*time.Second)
-	out := p.output()
+	p := startServe(t, "", "--config", startupConfig(t, t.TempDir(), "postgres://u@"+addr+"/k?sslmode=disable&password="+pw))
+	waitingForStore(t, p)
+	p.Signal(syscall.SIGTERM)
+	code := exitCode(t, p, 15*time.Second)
+	out := p.Output()
 	noPanic(t, out)
 	if code != 0 {
 		t.Fatalf("exit %d after SIGTERM, want 0", code)
@@ -222,20 +124,20 @@ func TestServeSIGTERMWhileOpeningStore(t *testing.T) {
 			accepted <- c
 		}
 	}()
-	p := startServe(t, startupConfig(t, t.TempDir(), "postgres://u:pw@"+l.Addr().String()+"/k?sslmode=disable&connect_timeout=30"))
+	p := startServe(t, "", "--config", startupConfig(t, t.TempDir(), "postgres://u:pw@"+l.Addr().String()+"/k?sslmode=disable&connect_timeout=30"))
 	select {
 	case c := <-accepted:
 		defer c.Close()
-	case <-p.done:
-		t.Fatalf("serve exited before connecting: %v", p.err)
+	case <-p.Done():
+		t.Fatalf("serve exited before connecting: %v", p.Err())
 	case <-time.After(20 * time.Second):
 		t.Fatal("serve did not connect to the store")
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	code := p.wait(t, 10*time.Second)
-	noPanic(t, p.output())
+	p.Signal(syscall.SIGTERM)
+	code := exitCode(t, p, 10*time.Second)
+	noPanic(t, p.Output())
 	if code != 0 {
-		t.Fatalf("exit %d after SIGTERM while opening the store, want 0:\n%s", code, p.output())
+		t.Fatalf("exit %d after SIGTERM while opening the store, want 0:\n%s", code, p.Output())
 	}
 }
 
@@ -244,17 +146,31 @@ func TestServeSIGTERMWhileOpeningStore(t *testing.T) {
 func TestServeSIGTERMRightAfterStart(t *testing.T) {
 	for _, d := range []time.Duration{0, 5 * time.Millisecond, 15 * time.Millisecond, 30 * time.Millisecond, 60 * time.Millisecond, 100 * time.Millisecond} {
 		dir := t.TempDir()
-		p := startServe(t, startupConfig(t, dir, "sqlite://"+filepath.Join(dir, "keys.db")))
+		p := startServe(t, "", "--config", startupConfig(t, dir, "sqlite://"+filepath.Join(dir, "keys.db")))
 		time.Sleep(d) // the delay under test, not a wait for an event
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		code := p.wait(t, 15*time.Second)
-		noPanic(t, p.output())
+		p.Signal(syscall.SIGTERM)
+		code := exitCode(t, p, 15*time.Second)
+		noPanic(t, p.Output())
 		var ee *exec.ExitError
-		killed := errors.As(p.err, &ee) && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGTERM
+		killed := errors.As(p.Err(), &ee) && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGTERM
 		if code != 0 && !killed {
-			t.Fatalf("SIGTERM %v after start: exit %d, want 0:\n%s", d, code, p.output())
+			t.Fatalf("SIGTERM %v after start: exit %d, want 0:\n%s", d, code, p.Output())
 		}
 	}
+}
+
+// waitingForStore checks that p, started with PostgreSQL down, serves and
+// retries without exiting: several retries in, gRPC health says NOT_SERVING
+// and /readyz 503. It returns the probes.
+func waitingForStore(t *testing.T, p *testenv.Proc) (func() healthpb.HealthCheckResponse_ServingStatus, func() int) {
+	t.Helper()
+	health, readyz := startupProbes(t, serving(t, p))
+	poll(t, "gRPC health answers", 10*time.Second, func() bool { return health() != healthpb.HealthCheckResponse_UNKNOWN })
+	poll(t, "a retry logged", 10*time.Second, func() bool { return strings.Contains(p.Output(), "store still not reachable") })
+	if h, r := health(), readyz(); h != healthpb.HealthCheckResponse_NOT_SERVING || r != http.StatusServiceUnavailable {
+		t.Fatalf("PostgreSQL down: health %v, /readyz %d; want NOT_SERVING, 503", h, r)
+	}
+	return health, readyz
 }
 
 // startupProbes returns gRPC health and /readyz probes of a server at addrs.

@@ -206,22 +206,6 @@ func TestFaultRedisRestart(t *testing.T) {
 	}
 }
 
-// propagation deletes a key (warm in every other replica's cache) from
-// rs[0] and returns how long until every other replica answers 401.
-func propagation(t *testing.T, rs []*replica, ws string, n int) time.Duration {
-	t.Helper()
-	k := rs[0].kz.CreateKey(t, ws, fmt.Sprintf("k%d", n))
-	for _, r := range rs[1:] {
-		testenv.Eventually(t, 5*time.Second, "created key visible", func() error {
-			if a := r.answer(t, k.Secret); a.code != 200 {
-				return fmt.Errorf("status %d", a.code)
-			}
-			return nil
-		})
-	}
-	return deleteAndWait(t, rs, k)
-}
-
 // deleteAndWait deletes k from rs[0] and returns how long until every other
 // replica answers 401 for it.
 func deleteAndWait(t *testing.T, rs []*replica, k testenv.Key) time.Duration {

@@ -159,17 +159,19 @@ func noLimiterErrors(t *testing.T, rs []*replica) {
 func TestSharedLimitSingleRedis(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	rd := testenv.StartRedis(t)
-	rs := cluster(t, 3, pg.URL(), redisConfig([]string{rd.Addr()}, false, "deny", 500*time.Millisecond))
-	k := rs[0].kz.CreateKey(t, "acme", "shared")
-	allowed, took := spread(t, rs, k.Secret, 1000)
-	exactly(t, allowed, took)
-	noLimiterErrors(t, rs)
+	sharedLimit(t, pg, []string{rd.Addr()}, false)
 }
 
 func TestSharedLimitRedisCluster(t *testing.T) {
 	pg := testenv.StartPostgres(t)
-	addrs := testenv.StartRedisCluster(t, 3)
-	rs := cluster(t, 3, pg.URL(), redisConfig(addrs, true, "deny", 500*time.Millisecond))
+	sharedLimit(t, pg, testenv.StartRedisCluster(t, 3), true)
+}
+
+// sharedLimit runs three replicas on pg and the Redis at addrs (a cluster or
+// not) and checks that 1000 Checks spread over them allow exactly the key's limit.
+func sharedLimit(t *testing.T, pg *testenv.PGProc, addrs []string, isCluster bool) {
+	t.Helper()
+	rs := cluster(t, 3, pg.URL(), redisConfig(addrs, isCluster, "deny", 500*time.Millisecond))
 	k := rs[0].kz.CreateKey(t, "acme", "shared")
 	allowed, took := spread(t, rs, k.Secret, 1000)
 	exactly(t, allowed, took)

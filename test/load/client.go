@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
@@ -20,8 +21,10 @@ import (
 // Its name is "proto": on the wire the calls are ordinary application/grpc+proto.
 type rawCodec struct{}
 
+// Name returns "proto", the content subtype the calls go out with.
 func (rawCodec) Name() string { return "proto" }
 
+// Marshal passes the pre-marshalled request in v (*[]byte) through.
 func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	b, ok := v.(*[]byte)
 	if !ok {
@@ -30,6 +33,7 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(*b)}, nil
 }
 
+// Unmarshal reads only the status code of a CheckResponse into v (*reply).
 func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	r, ok := v.(*reply)
 	if !ok {
@@ -51,49 +55,44 @@ type reply struct{ code int32 }
 
 // statusCode reads CheckResponse.status.code (field 1, then field 1) off the wire.
 func statusCode(b []byte) (int32, error) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return 0, protowire.ParseError(n)
-		}
-		b = b[n:]
-		if num == 1 && typ == protowire.BytesType {
-			st, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return 0, protowire.ParseError(n)
-			}
-			return innerCode(st)
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return 0, protowire.ParseError(n)
-		}
-		b = b[n:]
+	st, err := field1(b, protowire.BytesType)
+	if err != nil || st == nil {
+		return 0, err // no status: OK
 	}
-	return 0, nil // no status: OK
+	v, err := field1(st, protowire.VarintType)
+	if err != nil || v == nil {
+		return 0, err
+	}
+	code, n := protowire.ConsumeVarint(v)
+	if n < 0 {
+		return 0, protowire.ParseError(n)
+	}
+	return int32(code), nil
 }
 
-func innerCode(b []byte) (int32, error) {
+// field1 returns the encoded value of the first field 1 of type typ in the
+// message b (for bytes, the content without its length), or nil if there is none.
+func field1(b []byte, typ protowire.Type) ([]byte, error) {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		num, t, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return 0, protowire.ParseError(n)
+			return nil, protowire.ParseError(n)
 		}
 		b = b[n:]
-		if num == 1 && typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return 0, protowire.ParseError(n)
-			}
-			return int32(v), nil
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
+		n = protowire.ConsumeFieldValue(num, t, b)
 		if n < 0 {
-			return 0, protowire.ParseError(n)
+			return nil, protowire.ParseError(n)
+		}
+		if num == 1 && t == typ {
+			if t == protowire.BytesType {
+				v, _ := protowire.ConsumeBytes(b)
+				return v, nil
+			}
+			return b[:n], nil
 		}
 		b = b[n:]
 	}
-	return 0, nil
+	return nil, nil
 }
 
 // Source yields the request bytes for request number i. buf is the calling
@@ -106,6 +105,7 @@ type Source interface {
 // cycle repeats a fixed list of pre-marshalled requests.
 type cycle [][]byte
 
+// Next returns request i modulo the list.
 func (c cycle) Next(_ []byte, i uint64) ([]byte, error) { return c[i%uint64(len(c))], nil }
 
 // fresh makes request i from key i of a key stream (every request a new key).
@@ -118,6 +118,7 @@ type fresh struct {
 	bad    bool   // break the checksum
 }
 
+// Next makes the request with key base+i (wrapped after mod keys) of the stream.
 func (f *fresh) Next(buf []byte, i uint64) ([]byte, error) {
 	var kb [128]byte
 	if f.mod > 0 {
@@ -140,6 +141,7 @@ type bounded struct {
 	n     uint64
 }
 
+// Next returns src's request i, or errExhausted past start+n-1.
 func (b bounded) Next(buf []byte, i uint64) ([]byte, error) {
 	if i-b.start >= b.n {
 		return nil, errExhausted
@@ -223,7 +225,7 @@ func (c *Client) caller(w int) caller {
 	var r reply
 	return func(ctx context.Context, msg []byte) (int32, error) {
 		r.code = 0
-		err := cc.Invoke(ctx, CheckMethod, &msg, &r)
+		err := cc.Invoke(ctx, authv3.Authorization_Check_FullMethodName, &msg, &r)
 		return r.code, err
 	}
 }
@@ -294,6 +296,63 @@ func merge(all []counts, o *Outcome) {
 // callTimeout bounds one call so a hung server cannot hang the harness.
 const callTimeout = 5 * time.Second
 
+// worker is one goroutine of a loop: its way to call, its counts and its
+// request buffer.
+type worker struct {
+	call caller
+	k    *counts
+	buf  []byte
+}
+
+// send makes request number seq.Add(1)-1 of src, calls it and counts the
+// answer. It reports whether the call was answered, and end when the worker
+// is to stop because src failed (a failure counted) or ran out (errExhausted).
+func (w *worker) send(ctx context.Context, src Source, seq *atomic.Uint64) (answered, end bool) {
+	b, err := src.Next(w.buf, seq.Add(1)-1)
+	if errors.Is(err, errExhausted) {
+		return false, true
+	}
+	if err != nil {
+		w.k.add(0, err)
+		return false, true
+	}
+	code, err := w.call(ctx, b)
+	if err == nil {
+		w.buf = b // answered: the transport is done with it
+	} else {
+		w.buf = nil
+	}
+	w.k.add(code, err)
+	return err == nil, false
+}
+
+// spawn runs body on n workers, each in its own goroutine; done is closed
+// when every body has returned, and then all holds their counts.
+func (c *Client) spawn(n int, body func(w *worker)) (all []counts, done <-chan struct{}) {
+	all = make([]counts, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		all[i].codes = map[int32]uint64{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body(&worker{call: c.caller(i), k: &all[i]})
+		}()
+	}
+	ch := make(chan struct{})
+	go func() { wg.Wait(); close(ch) }()
+	return all, ch
+}
+
+// outcome merges the workers' counts of a loop that started at start.
+func outcome(all []counts, start time.Time) Outcome {
+	var o Outcome
+	o.Elapsed = time.Since(start)
+	merge(all, &o)
+	o.Sent = o.Done + o.Errors
+	return o
+}
+
 // Closed runs workers concurrent calls in a closed loop (each worker sends its
 // next call when the previous one is answered) for d: the saturation throughput.
 // Request numbers start at *seq and advance it.
@@ -301,41 +360,14 @@ func (c *Client) Closed(ctx context.Context, src Source, workers int, d time.Dur
 	ctx, cancel := context.WithTimeout(ctx, d+callTimeout)
 	defer cancel()
 	var stop atomic.Bool
-	all := make([]counts, workers)
-	var wg sync.WaitGroup
 	start := time.Now()
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			call := c.caller(w)
-			k := &all[w]
-			k.codes = map[int32]uint64{}
-			var buf []byte
-			for !stop.Load() {
-				b, err := src.Next(buf, seq.Add(1)-1)
-				if errors.Is(err, errExhausted) {
-					return
-				}
-				if err != nil {
-					k.add(0, err)
-					return
-				}
-				code, err := call(ctx, b)
-				if err == nil {
-					buf = b // answered: the transport is done with it
-				} else {
-					buf = nil
-				}
-				k.add(code, err)
-				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-					return
-				}
+	all, done := c.spawn(workers, func(w *worker) {
+		for !stop.Load() {
+			if _, end := w.send(ctx, src, seq); end || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return
 			}
-		}()
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+		}
+	})
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -345,11 +377,7 @@ func (c *Client) Closed(ctx context.Context, src Source, workers int, d time.Dur
 	}
 	stop.Store(true)
 	<-done
-	var o Outcome
-	o.Elapsed = time.Since(start)
-	merge(all, &o)
-	o.Sent = o.Done + o.Errors
-	return o
+	return outcome(all, start)
 }
 
 // Open sends rate calls per second for d on a fixed schedule (open loop).
@@ -366,48 +394,28 @@ func (c *Client) Open(ctx context.Context, src Source, rate float64, d time.Dura
 	total := uint64(rate * d.Seconds())
 	every := time.Duration(float64(time.Second) / rate)
 	var next atomic.Uint64
-	all := make([]counts, workers)
-	var wg sync.WaitGroup
 	start := time.Now().Add(5 * time.Millisecond)
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			call := c.caller(w)
-			k := &all[w]
-			k.codes = map[int32]uint64{}
-			var buf []byte
-			for {
-				i := next.Add(1) - 1
-				if i >= total || ctx.Err() != nil {
-					return
-				}
-				due := start.Add(time.Duration(i) * every)
-				from := due // taken late: every worker was busy, charge from due
-				if wait := time.Until(due); wait > 0 {
-					time.Sleep(wait)
-					from = time.Now() // a worker was waiting: timer slack is not latency
-				}
-				b, err := src.Next(buf, seq.Add(1)-1)
-				if err != nil {
-					k.add(0, err)
-					return
-				}
-				code, err := call(ctx, b)
-				if err == nil {
-					buf = b
-					k.lat = append(k.lat, time.Since(from))
-				} else {
-					buf = nil
-				}
-				k.add(code, err)
+	all, done := c.spawn(workers, func(w *worker) {
+		for {
+			i := next.Add(1) - 1
+			if i >= total || ctx.Err() != nil {
+				return
 			}
-		}()
-	}
-	wg.Wait()
-	var o Outcome
-	o.Elapsed = time.Since(start)
-	merge(all, &o)
-	o.Sent = o.Done + o.Errors
-	return o
+			due := start.Add(time.Duration(i) * every)
+			from := due // taken late: every worker was busy, charge from due
+			if wait := time.Until(due); wait > 0 {
+				time.Sleep(wait)
+				from = time.Now() // a worker was waiting: timer slack is not latency
+			}
+			answered, end := w.send(ctx, src, seq)
+			if end {
+				return
+			}
+			if answered {
+				w.k.lat = append(w.k.lat, time.Since(from))
+			}
+		}
+	})
+	<-done
+	return outcome(all, start)
 }

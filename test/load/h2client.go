@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -71,7 +72,7 @@ func headerBlocks(authority string) (first, later []byte, err error) {
 	enc := hpack.NewEncoder(&b)
 	encode := func() ([]byte, error) {
 		b.Reset()
-		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", CheckMethod}, {":authority", authority},
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", authv3.Authorization_Check_FullMethodName}, {":authority", authority},
 			{"content-type", "application/grpc"}, {"te", "trailers"}, {"grpc-timeout", "250m"}} {
 			if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
 				return nil, err

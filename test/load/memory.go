@@ -28,6 +28,7 @@ type MemoryResult struct {
 // them), and keeps nothing itself, so the heap growth is the cache's alone.
 type synthStore struct{ created time.Time }
 
+// Lookup returns a fresh key for digest d, shaped like the SQLite store's.
 func (s synthStore) Lookup(_ context.Context, d apikey.Digest) (apikey.Key, error) {
 	i := binary.BigEndian.Uint32(d.Sum[28:])
 	return apikey.Key{

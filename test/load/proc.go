@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -13,106 +12,49 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 // clockTick is USER_HZ, the unit of utime and stime in /proc/PID/stat (100 on Linux).
 const clockTick = 100
 
-// Proc is a child process whose output goes to a log file.
-type Proc struct {
-	Name string
-	Log  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-}
-
-// procs tracks every started child so StopAll can end them.
-var procs struct {
+// running holds how to stop every child started so far, so StopAll can end them.
+var running struct {
 	sync.Mutex
-	all []*Proc
+	stop []func()
 }
 
-// Start runs bin with args; cpus, when not empty, is a taskset CPU list
-// ("0", "1", "0,1") applied with taskset, which execs bin in place (same PID).
-func Start(name, logPath, cpus string, env []string, bin string, args ...string) (*Proc, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+// onStopAll registers f to run in StopAll.
+func onStopAll(f func()) {
+	running.Lock()
+	running.stop = append(running.stop, f)
+	running.Unlock()
+}
+
+// start runs a child process (testenv.TryStartProc) and registers it with StopAll.
+func start(o testenv.ProcOptions) (*testenv.Proc, error) {
+	p, err := testenv.TryStartProc(o)
 	if err != nil {
-		return nil, fmt.Errorf("%s log: %w", name, err)
+		return nil, err
 	}
-	if cpus != "" {
-		args = append([]string{"-c", cpus, bin}, args...)
-		bin = "taskset"
-	}
-	fmt.Fprintf(f, "=== %s %s %s\n", time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), env...)
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &Proc{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	procs.Lock()
-	procs.all = append(procs.all, p)
-	procs.Unlock()
+	onStopAll(func() {
+		if ok, _ := p.Exited(); !ok {
+			_ = p.Stop(5 * time.Second)
+		}
+	})
 	return p, nil
-}
-
-// PID returns the process id.
-func (p *Proc) PID() int { return p.cmd.Process.Pid }
-
-// Exited reports whether the process has ended, and how.
-func (p *Proc) Exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
-	}
-}
-
-// Stop sends SIGTERM, waits up to grace, then kills.
-func (p *Proc) Stop(grace time.Duration) error {
-	if ok, err := p.Exited(); ok {
-		return fmt.Errorf("%s had already exited: %v", p.Name, err)
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("%s did not exit within %v of SIGTERM; killed", p.Name, grace)
-	}
 }
 
 // StopAll stops every child still running (on exit or interrupt).
 func StopAll() {
-	procs.Lock()
-	all := procs.all
-	procs.all = nil
-	procs.Unlock()
-	for _, p := range all {
-		if ok, _ := p.Exited(); !ok {
-			_ = p.Stop(5 * time.Second)
-		}
+	running.Lock()
+	all := running.stop
+	running.stop = nil
+	running.Unlock()
+	for _, f := range all {
+		f()
 	}
-}
-
-// Tail returns the last n bytes of the process log.
-func (p *Proc) Tail(n int) string {
-	b, _ := os.ReadFile(p.Log)
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }
 
 // CPUTime returns the user+system CPU time the process has used, all threads.

@@ -274,7 +274,11 @@ func Report(res *Results, command string) string {
 			m.Sat.Out.Done, m.Sat.Out.Rate(), m.Sat.Busy(), us(m.Sat.PerCheck()), us(m.Sat.ClientPerCall()))
 		p("| no-op, interleaved | %d | %.0f | %.2f | %.1f | %.1f | | | | | |", m.Ref.Out.Done, m.Ref.Out.Rate(), m.Ref.Busy(), us(m.Ref.PerCheck()), us(m.Ref.ClientPerCall()))
 		if m.Peer.Out.Done > 0 {
-			p("| %s (small store), interleaved | %d | %.0f | %.2f | %.1f | %.1f | | | | | |", m.PeerOf, m.Peer.Out.Done, m.Peer.Out.Rate(), m.Peer.Busy(), us(m.Peer.PerCheck()), us(m.Peer.ClientPerCall()))
+			peer := m.PeerOf + " (small store)"
+			if m.Key == "c" {
+				peer = m.PeerOf + " (-c-peer binary)"
+			}
+			p("| %s, interleaved | %d | %.0f | %.2f | %.1f | %.1f | | | | | |", peer, m.Peer.Out.Done, m.Peer.Out.Rate(), m.Peer.Busy(), us(m.Peer.PerCheck()), us(m.Peer.ClientPerCall()))
 		}
 		o := m.Fixed.Out
 		p("| fixed %.0f/s | %d | %.0f | %.2f | %.1f | %.1f | %.0f | %.0f | %.0f | %.0f | %.0f |", res.Load.Rate, o.Done, o.Rate(), m.Fixed.Busy(), us(m.Fixed.PerCheck()), us(m.Fixed.ClientPerCall()),

@@ -12,9 +12,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// CheckMethod is the full gRPC method name of ext_authz Check.
-const CheckMethod = "/envoy.service.auth.v3.Authorization/Check"
-
 // template is a marshalled CheckRequest with a fixed-length slot holding the API
 // key, so a request for any key of that length is a copy and an overwrite: the
 // client never runs the protobuf encoder on the hot path.

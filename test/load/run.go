@@ -31,6 +31,7 @@ type Options struct {
 	Seed        uint64        // key and pepper seed
 	Pin         bool          // servers on CPU 0, client (this process), Redis and wrk on CPU 1
 	KeyauthzBin string        // built keyauthz; built like test/run.sh when empty
+	CPeerBin    string        // optional second keyauthz measured in windows interleaved with (c)'s, on the same Redis (an A/B of Redis clients)
 	EnvoyBin    string        // Envoy binary; found in .venv when empty
 	Work        string        // scratch directory (logs, configs, small stores, profiles)
 	Cache       string        // directory keeping the seeded large store between runs
@@ -40,6 +41,10 @@ type Options struct {
 	Profile     []string      // scenarios (a, a@1M, b, c, d, e, f) whose keyauthz is CPU-profiled in extra windows
 	Timeout     time.Duration // bound on the whole run
 }
+
+// KeptMarker starts the hand-written part of a report (A/B records): a run
+// that rewrites the report keeps everything from this line on.
+const KeptMarker = "<!-- hand-written below: kept by kzload -->"
 
 // runner holds one run's state.
 type runner struct {
@@ -145,7 +150,13 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		r.logf("%s", t.Line())
 	}
 	if o.Out != "" {
-		if err := os.WriteFile(o.Out, []byte(Report(&r.res, o.Command)), 0o644); err != nil {
+		out := Report(&r.res, o.Command)
+		if old, err := os.ReadFile(o.Out); err == nil { // keep the hand-written records below the marker
+			if i := strings.Index(string(old), KeptMarker); i >= 0 {
+				out += "\n" + string(old[i:])
+			}
+		}
+		if err := os.WriteFile(o.Out, []byte(out), 0o644); err != nil {
 			return &r.res, err
 		}
 		r.logf("wrote %s", o.Out)

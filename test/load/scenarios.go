@@ -9,12 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 // Scenario titles, as the report shows them.
@@ -65,24 +66,31 @@ func wantAll(m *Measurement, code int32) error {
 	return nil
 }
 
+// measureReads is measure that also wants every answer to be code and
+// returns the store reads keyauthz made meanwhile.
+func (r *runner) measureReads(ctx context.Context, s *Server, key, title string, src Source, seq *atomic.Uint64, code int32) (Measurement, float64, error) {
+	reads, err := metricDelta(s, "keyauthz_cache_store_reads_total")
+	if err != nil {
+		return Measurement{}, 0, err
+	}
+	m, err := r.measure(ctx, s, key, title, src, seq)
+	if err != nil {
+		return m, 0, err
+	}
+	if err := wantAll(&m, code); err != nil {
+		return m, 0, err
+	}
+	n, err := reads()
+	return m, n, err
+}
+
 func (r *runner) scenarioA(ctx context.Context) error {
 	s, err := r.keyauthz(ctx, "a", KeyauthzConfig{Pprof: r.profiling("a")})
 	if err != nil {
 		return err
 	}
 	defer s.Stop()
-	reads, err := metricDelta(s, "keyauthz_cache_store_reads_total")
-	if err != nil {
-		return err
-	}
-	m, err := r.measure(ctx, s, "a", titleA, r.hit, nil)
-	if err != nil {
-		return err
-	}
-	if err := wantAll(&m, 0); err != nil {
-		return err
-	}
-	n, err := reads()
+	m, n, err := r.measureReads(ctx, s, "a", titleA, r.hit, nil, 0)
 	if err != nil {
 		return err
 	}
@@ -180,19 +188,8 @@ func (r *runner) scenarioB(ctx context.Context) error {
 	if err := r.processBytesPerKey(ctx, s, src, seq); err != nil {
 		return err
 	}
-	reads, err := metricDelta(s, "keyauthz_cache_store_reads_total")
-	if err != nil {
-		return err
-	}
 	first := seq.Load()
-	m, err = r.measure(ctx, s, "b", titleB, src, seq)
-	if err != nil {
-		return err
-	}
-	if err := wantAll(&m, 0); err != nil {
-		return err
-	}
-	n, err := reads()
+	m, n, err := r.measureReads(ctx, s, "b", titleB, src, seq, 0)
 	if err != nil {
 		return err
 	}
@@ -307,11 +304,22 @@ func (r *runner) scenarioC(ctx context.Context) error {
 		return err
 	}
 	defer s.Stop()
+	var peer *Server // -c-peer: another build on the same Redis, in interleaved windows
+	if r.o.CPeerBin != "" {
+		bin := r.o.KeyauthzBin
+		r.o.KeyauthzBin = r.o.CPeerBin
+		peer, err = r.keyauthz(ctx, "c-peer", KeyauthzConfig{Redis: addr})
+		r.o.KeyauthzBin = bin
+		if err != nil {
+			return err
+		}
+		defer peer.Stop()
+	}
 	limErrs, err := metricDelta(s, "keyauthz_ratelimit_errors_total")
 	if err != nil {
 		return err
 	}
-	m, err := r.measure(ctx, s, "c", titleC, r.hit, nil)
+	m, err := r.measurePeer(ctx, s, peer, "c", titleC, r.hit, nil)
 	if err != nil {
 		return err
 	}
@@ -393,41 +401,23 @@ func (r *runner) countRedisRoundTrips(ctx context.Context, addr string, rdb *red
 }
 
 // startRedis runs a redis-server without persistence on a free port (on the
-// client's CPU when pinning) and returns its address and a client.
+// client's CPU when pinning; stopped by StopAll) and returns its address and a client.
 func (r *runner) startRedis(ctx context.Context) (string, *redis.Client, error) {
-	bin := os.Getenv("KEYAUTHZ_REDIS_SERVER")
-	if bin == "" {
-		var err error
-		if bin, err = exec.LookPath("redis-server"); err != nil {
-			return "", nil, fmt.Errorf("redis-server not found: apt-get install -y redis-server (or set KEYAUTHZ_REDIS_SERVER)")
-		}
-	}
-	port, err := freePort()
-	if err != nil {
-		return "", nil, err
-	}
 	dir := filepath.Join(r.o.Work, "redis")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", nil, err
 	}
-	p, err := Start("redis", filepath.Join(r.o.Work, "redis.log"), r.cpuCli, nil, bin,
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no", "--daemonize", "no")
+	p, err := testenv.TryStartRedis(dir, r.cpuCli)
 	if err != nil {
 		return "", nil, err
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	err = poll(ctx, 10*time.Second, func() error {
-		if done, err := p.Exited(); done {
-			return fmt.Errorf("redis-server exited: %v", err)
-		}
-		return rdb.Ping(ctx).Err()
-	})
-	if err != nil {
+	onStopAll(p.Stop)
+	rdb := redis.NewClient(&redis.Options{Addr: p.Addr()})
+	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()
-		return "", nil, fmt.Errorf("redis-server not answering: %v\n%s", err, p.Tail(2000))
+		return "", nil, fmt.Errorf("redis-server not answering: %v", err)
 	}
-	return addr, rdb, nil
+	return p.Addr(), rdb, nil
 }
 
 func (r *runner) scenarioD(ctx context.Context) error {
@@ -440,18 +430,7 @@ func (r *runner) scenarioD(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	reads, err := metricDelta(s, "keyauthz_cache_store_reads_total")
-	if err != nil {
-		return err
-	}
-	m, err := r.measure(ctx, s, "d", titleD, pool, nil)
-	if err != nil {
-		return err
-	}
-	if err := wantAll(&m, 16); err != nil {
-		return err
-	}
-	n, err := reads()
+	m, n, err := r.measureReads(ctx, s, "d", titleD, pool, nil, 16)
 	if err != nil {
 		return err
 	}
@@ -465,18 +444,9 @@ func (r *runner) scenarioD(ctx context.Context) error {
 	if err := r.memFacts(s, "d_before"); err != nil {
 		return err
 	}
-	if reads, err = metricDelta(s, "keyauthz_cache_store_reads_total"); err != nil {
-		return err
-	}
 	seq := new(atomic.Uint64)
-	m, err = r.measure(ctx, s, "d-fresh", titleDFresh, &fresh{t: r.tmpl, gen: r.gen, stream: streamUnknown, base: dPool}, seq)
+	m, n, err = r.measureReads(ctx, s, "d-fresh", titleDFresh, &fresh{t: r.tmpl, gen: r.gen, stream: streamUnknown, base: dPool}, seq, 16)
 	if err != nil {
-		return err
-	}
-	if err := wantAll(&m, 16); err != nil {
-		return err
-	}
-	if n, err = reads(); err != nil {
 		return err
 	}
 	if err := r.memFacts(s, "d_after"); err != nil {
@@ -501,18 +471,7 @@ func (r *runner) scenarioE(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	reads, err := metricDelta(s, "keyauthz_cache_store_reads_total")
-	if err != nil {
-		return err
-	}
-	m, err := r.measure(ctx, s, "e", titleE, bad, nil)
-	if err != nil {
-		return err
-	}
-	if err := wantAll(&m, 16); err != nil {
-		return err
-	}
-	n, err := reads()
+	m, n, err := r.measureReads(ctx, s, "e", titleE, bad, nil, 16)
 	if err != nil {
 		return err
 	}

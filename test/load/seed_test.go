@@ -36,7 +36,7 @@ func TestKeysAreWellFormedAndDistinct(t *testing.T) {
 			seen[k] = true
 		}
 	}
-	if g.key(streamStored, 5) != g.key(streamStored, 5) {
+	if g.key(streamStored, 5) != (keyGen{prefix: g.prefix, seed: g.seed}).key(streamStored, 5) {
 		t.Fatal("key generation is not reproducible")
 	}
 	if g.key(streamStored, 5) == (keyGen{prefix: "kz", seed: 8}).key(streamStored, 5) {

@@ -3,40 +3,20 @@ package load
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 // Server is a running ext_authz server under test: keyauthz or the no-op.
 type Server struct {
 	Name string
-	Proc *Proc
+	Proc *testenv.Proc
 	GRPC string // host:port
 	HTTP string // host:port of keyauthz's health/metrics listener; "" for the no-op
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func freeAddr() (string, error) {
-	p, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	return "127.0.0.1:" + strconv.Itoa(p), nil
 }
 
 // KeyauthzConfig is what a scenario changes in keyauthz's configuration.
@@ -84,11 +64,11 @@ func StartKeyauthz(ctx context.Context, name, dir, bin, cpus string, c KeyauthzC
 	g := c.GRPCListen
 	if g == "" {
 		var err error
-		if g, err = freeAddr(); err != nil {
+		if g, err = testenv.TryFreeAddr(); err != nil {
 			return nil, err
 		}
 	}
-	h, err := freeAddr()
+	h, err := testenv.TryFreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -96,41 +76,25 @@ func StartKeyauthz(ctx context.Context, name, dir, bin, cpus string, c KeyauthzC
 	if err := os.WriteFile(cfg, []byte(c.yaml(g, h)), 0o600); err != nil {
 		return nil, err
 	}
-	p, err := Start(name, filepath.Join(dir, name+".log"), cpus, c.Env, bin, "serve", "--config", cfg)
+	p, err := start(testenv.ProcOptions{Name: name, Log: filepath.Join(dir, name+".log"), CPUs: cpus, Env: c.Env, Bin: bin, Args: []string{"serve", "--config", cfg}})
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Name: name, Proc: p, GRPC: g, HTTP: h}
-	err = poll(ctx, 20*time.Second, func() error {
-		if done, err := p.Exited(); done {
-			return fmt.Errorf("exited: %v", err)
-		}
-		resp, err := httpClient.Get("http://" + h + "/readyz")
-		if err != nil {
-			return err
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %s: %s", resp.Status, strings.TrimSpace(string(b)))
-		}
-		return nil
-	})
-	if err != nil {
+	if err := testenv.WaitReady(ctx, p, "http://"+h+"/readyz", 20*time.Second); err != nil {
 		_ = p.Stop(5 * time.Second)
 		return nil, fmt.Errorf("keyauthz %s not ready: %v\n%s", name, err, p.Tail(4000))
 	}
-	return s, nil
+	return &Server{Name: name, Proc: p, GRPC: g, HTTP: h}, nil
 }
 
 // StartNoop runs the no-op server on cpus and waits until it answers a Check.
 func StartNoop(ctx context.Context, dir, bin, cpus string, probe []byte) (*Server, error) {
-	g, err := freeAddr()
+	g, err := testenv.TryFreeAddr()
 	if err != nil {
 		return nil, err
 	}
 	args := append([]string{"-listen", g}, strings.Fields(os.Getenv("KZLOAD_NOOP_ARGS"))...) // experiments only
-	p, err := Start("noop", filepath.Join(dir, "noop.log"), cpus, nil, bin, args...)
+	p, err := start(testenv.ProcOptions{Name: "noop", Log: filepath.Join(dir, "noop.log"), CPUs: cpus, Bin: bin, Args: args})
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +108,7 @@ func StartNoop(ctx context.Context, dir, bin, cpus string, probe []byte) (*Serve
 
 // waitCheck polls until one Check call is answered.
 func (s *Server) waitCheck(ctx context.Context, probe []byte) error {
-	return poll(ctx, 20*time.Second, func() error {
+	return testenv.PollContext(ctx, 20*time.Second, func() error {
 		if done, err := s.Proc.Exited(); done {
 			return fmt.Errorf("exited: %v", err)
 		}
@@ -170,17 +134,3 @@ func (s *Server) Metrics() (Samples, error) {
 
 // Stop ends the server; a keyauthz that does not exit cleanly is an error.
 func (s *Server) Stop() error { return s.Proc.Stop(10 * time.Second) }
-
-func poll(ctx context.Context, timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}

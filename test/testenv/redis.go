@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -38,16 +37,18 @@ const redisPingEvery = time.Millisecond
 
 // RedisProc is one redis-server process on 127.0.0.1 with no persistence.
 // It can be stopped, paused and started again on the same port; its log is
-// printed when the test fails.
+// printed when the test fails. Start, Pause and Resume fail the test that
+// started it: they are for servers from StartRedis, not TryStartRedis.
 type RedisProc struct {
-	t    testing.TB
+	t    testing.TB // nil for a server from TryStartRedis
 	bin  string
 	dir  string
+	cpus string // taskset CPU list; "" runs anywhere
 	port int
 	args []string
 
 	mu   sync.Mutex
-	proc *process // nil while stopped
+	proc *Proc // nil while stopped
 }
 
 // StartRedis starts a redis-server on a free loopback port in a temporary
@@ -77,7 +78,10 @@ func StartRedisClusterNodes(t testing.TB, n int) []*RedisProc {
 	if n < 3 {
 		t.Fatalf("testenv: a redis cluster needs at least 3 masters, got %d", n)
 	}
-	cli := redisCLI(t)
+	cli, err := redisCLI()
+	if err != nil {
+		t.Fatal(err)
+	}
 	procs := make([]*RedisProc, n)
 	args := []string{"--cluster", "create"}
 	for i := range procs {
@@ -109,16 +113,45 @@ func StartRedisClusterNodes(t testing.TB, n int) []*RedisProc {
 
 func startRedis(t testing.TB, cluster bool) *RedisProc {
 	t.Helper()
-	bin := redisServer(t)
-	dir := t.TempDir()
+	bin, err := redisServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := runRedis(bin, t.TempDir(), "", cluster)
+	if err != nil {
+		t.Fatalf("testenv: start redis-server: %v", err)
+	}
+	p.t = t
+	dumpLogOnFailure(t, "redis-"+strconv.Itoa(p.port), p.logPath())
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// TryStartRedis starts a redis-server on a free loopback port with its files
+// and log (redis.log) in dir, under taskset on cpus when that is not empty.
+// The caller stops it with Stop.
+func TryStartRedis(dir, cpus string) (*RedisProc, error) {
+	bin, err := redisServer()
+	if err != nil {
+		return nil, err
+	}
+	return runRedis(bin, dir, cpus, false)
+}
+
+// runRedis starts a server on a free port (up to five tries).
+func runRedis(bin, dir, cpus string, cluster bool) (*RedisProc, error) {
 	var lastErr error
 	for range 5 {
-		port, err := freePort(cluster)
-		if err != nil {
-			lastErr = err
+		var port int
+		if cluster {
+			port, lastErr = freePortPair()
+		} else {
+			port, lastErr = TryFreePort()
+		}
+		if lastErr != nil {
 			continue
 		}
-		p := &RedisProc{t: t, bin: bin, dir: dir, port: port}
+		p := &RedisProc{bin: bin, dir: dir, cpus: cpus, port: port}
 		p.args = []string{
 			"--port", strconv.Itoa(port),
 			"--bind", "127.0.0.1",
@@ -135,13 +168,10 @@ func startRedis(t testing.TB, cluster bool) *RedisProc {
 			)
 		}
 		if lastErr = p.start(); lastErr == nil {
-			dumpLogOnFailure(t, "redis-"+strconv.Itoa(port), p.logPath())
-			t.Cleanup(p.Stop)
-			return p
+			return p, nil
 		}
 	}
-	t.Fatalf("testenv: start redis-server: %v", lastErr)
-	return nil
+	return nil, lastErr
 }
 
 // Addr returns the server's host:port.
@@ -163,7 +193,7 @@ func (p *RedisProc) Stop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.proc != nil {
-		p.proc.kill()
+		p.proc.Kill()
 		p.proc = nil
 	}
 }
@@ -182,8 +212,8 @@ func (p *RedisProc) signal(sig syscall.Signal) {
 	if p.proc == nil {
 		p.t.Fatalf("testenv: redis-server %s is not running", p.Addr())
 	}
-	if err := p.proc.cmd.Process.Signal(sig); err != nil {
-		p.t.Fatalf("testenv: signal redis-server: %v", err)
+	if err := p.proc.Signal(sig); err != nil {
+		p.t.Fatalf("testenv: %v", err)
 	}
 }
 
@@ -195,13 +225,13 @@ func (p *RedisProc) start() error {
 	if p.proc != nil {
 		return nil
 	}
-	proc, err := startProcess("redis-server", p.logPath(), p.bin, p.args...)
+	proc, err := TryStartProc(ProcOptions{Name: "redis-server", Log: p.logPath(), Bin: p.bin, Args: p.args, CPUs: p.cpus})
 	if err != nil {
 		return err
 	}
 	deadline := time.Now().Add(redisStartTimeout)
 	for {
-		if done, werr := proc.exited(); done {
+		if done, werr := proc.Exited(); done {
 			return fmt.Errorf("redis-server on port %d exited (%v):\n%s", p.port, werr, p.logTail())
 		}
 		_, err := redisDo(p.Addr(), "PING")
@@ -209,7 +239,7 @@ func (p *RedisProc) start() error {
 			break
 		}
 		if time.Now().After(deadline) {
-			proc.kill()
+			proc.Kill()
 			return fmt.Errorf("redis-server on port %d not answering within %s: %v\n%s", p.port, redisStartTimeout, err, p.logTail())
 		}
 		time.Sleep(redisPingEvery)
@@ -218,77 +248,40 @@ func (p *RedisProc) start() error {
 	return nil
 }
 
-func (p *RedisProc) logTail() string {
-	b, _ := os.ReadFile(p.logPath())
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(b)
-}
+func (p *RedisProc) logTail() string { return Tail(p.logPath(), 2000) }
 
 // redisServer finds the redis-server binary: $KEYAUTHZ_REDIS_SERVER, then PATH.
-func redisServer(t testing.TB) string {
-	t.Helper()
+func redisServer() (string, error) {
 	if p := os.Getenv(RedisServerEnv); p != "" {
 		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("%s (%s=%s: %v)", RedisHelp, RedisServerEnv, p, err)
+			return "", fmt.Errorf("%s (%s=%s: %v)", RedisHelp, RedisServerEnv, p, err)
 		}
-		return p
+		return p, nil
 	}
 	p, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Fatal(RedisHelp)
+		return "", errors.New(RedisHelp)
 	}
-	return p
+	return p, nil
 }
 
 // redisCLI finds redis-cli: $KEYAUTHZ_REDIS_CLI, next to redis-server, then PATH.
-func redisCLI(t testing.TB) string {
-	t.Helper()
+func redisCLI() (string, error) {
 	if p := os.Getenv(RedisCLIEnv); p != "" {
-		return p
+		return p, nil
 	}
-	if p := filepath.Join(filepath.Dir(redisServer(t)), "redis-cli"); fileExists(p) {
-		return p
+	srv, err := redisServer()
+	if err != nil {
+		return "", err
+	}
+	if p := filepath.Join(filepath.Dir(srv), "redis-cli"); fileExists(p) {
+		return p, nil
 	}
 	p, err := exec.LookPath("redis-cli")
 	if err != nil {
-		t.Fatal(strings.Replace(RedisHelp, "redis-server not found", "redis-cli not found", 1))
+		return "", errors.New(strings.Replace(RedisHelp, "redis-server not found", "redis-cli not found", 1))
 	}
-	return p
-}
-
-func fileExists(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && !st.IsDir()
-}
-
-// freePort returns a loopback port that is free now; for a cluster node the
-// bus port (port+10000) must be free too.
-func freePort(cluster bool) (int, error) {
-	if !cluster {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port, nil
-	}
-	for range 50 {
-		port := 20000 + rand.IntN(20000)
-		a, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue
-		}
-		b, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000)))
-		a.Close()
-		if err != nil {
-			continue
-		}
-		b.Close()
-		return port, nil
-	}
-	return 0, errors.New("no free port pair for a cluster node")
+	return p, nil
 }
 
 // redisDo sends one command over a fresh connection and returns a simple or

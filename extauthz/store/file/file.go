@@ -96,7 +96,7 @@ func Open(ctx context.Context, path string, log *zap.Logger, opts ...Option) (*S
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Store{path: path, log: log.Named("filestore"), poll: DefaultPollInterval, watch: true,
+	s := &Store{path: path, log: log, poll: DefaultPollInterval, watch: true,
 		stop: make(chan struct{}), done: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
@@ -241,6 +241,18 @@ func (s *Store) Lookup(_ context.Context, d apikey.Digest) (apikey.Key, error) {
 	k := clone(r.key)
 	k.PepperVersion = d.Version
 	return k, nil
+}
+
+// KeysByPepper counts the live (not revoked) keys of the file by the pepper
+// version of their digest.
+func (s *Store) KeysByPepper(context.Context) (map[int]int, error) {
+	m := map[int]int{}
+	for _, r := range s.cur.Load().byID {
+		if r.key.RevokedAt.IsZero() {
+			m[r.digest.Version]++
+		}
+	}
+	return m, nil
 }
 
 // Get returns a live key by id.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/store/storetest"
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -168,16 +169,10 @@ func TestRevokedNameReusable(t *testing.T) {
 	open(t, path)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor waits until cond holds, for up to 5 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Until(t, 5*time.Second, what, cond)
 }
 
 func changesByKey(t *testing.T, s *Store, after int64) map[string]apikey.Change {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"sort"
 	"time"
@@ -36,35 +35,6 @@ type Entry struct {
 	RateLimit     string            `yaml:"rate_limit,omitempty" json:"rate_limit,omitempty"`
 	Grants        []string          `yaml:"grants,omitempty" json:"grants,omitempty"`
 	Metadata      map[string]string `yaml:"metadata,omitempty" json:"metadata,omitempty"`
-}
-
-// NewEntry returns the file form of key k with digest d.
-func NewEntry(k apikey.Key, d apikey.Digest) Entry {
-	ts := func(t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		return t.UTC().Format(time.RFC3339Nano)
-	}
-	return Entry{
-		ID: k.ID, Workspace: k.Workspace, Name: k.Name, Display: k.Display,
-		Digest: d.Hex(), PepperVersion: d.Version,
-		CreatedAt: ts(k.CreatedAt), ExpiresAt: ts(k.ExpiresAt), NotBefore: ts(k.NotBefore), RevokedAt: ts(k.RevokedAt),
-		RateLimit: k.RateLimit.String(), Grants: slices.Clone(k.Grants), Metadata: k.Metadata,
-	}
-}
-
-// Encode writes entries as a YAML key file that Open reads.
-func Encode(w io.Writer, entries []Entry) error {
-	if entries == nil {
-		entries = []Entry{}
-	}
-	e := yaml.NewEncoder(w)
-	e.SetIndent(2)
-	if err := e.Encode(Document{Keys: entries}); err != nil {
-		return fmt.Errorf("encode key file: %w", err)
-	}
-	return e.Close()
 }
 
 // record is one parsed key.

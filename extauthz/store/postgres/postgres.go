@@ -65,7 +65,15 @@ type Options struct {
 	// MigrateLockTimeout bounds Migrate's wait for the migration lock another
 	// replica holds; it replaces StatementTimeout for that wait only (0: DefaultMigrateLockTimeout).
 	MigrateLockTimeout time.Duration
+	// Existing opens only a database keyauthz has migrated before: without
+	// its schema_migrations table Open fails with ErrNoSchema and creates
+	// nothing (the commands that must not create a store by accident).
+	Existing bool
 }
+
+// ErrNoSchema is Open's error, with Options.Existing, for a database that
+// holds no keyauthz schema.
+var ErrNoSchema = errors.New("no keyauthz schema in the database")
 
 // DefaultMigrateLockTimeout is the migration lock wait when Options set none.
 const DefaultMigrateLockTimeout = time.Minute
@@ -124,13 +132,24 @@ func Open(ctx context.Context, url string, log *zap.Logger, opt Options) (*Store
 	s := &Store{
 		pool:       pool,
 		conn:       cc.Copy(),
-		log:        log.Named("postgres"),
+		log:        log,
 		listenIdle: 30 * time.Second,
 		lockWait:   opt.MigrateLockTimeout,
 		done:       make(chan struct{}),
 	}
 	if s.lockWait == 0 {
 		s.lockWait = DefaultMigrateLockTimeout
+	}
+	if opt.Existing {
+		var found bool
+		if err := pool.QueryRow(ctx, `SELECT to_regclass('schema_migrations') IS NOT NULL`).Scan(&found); err != nil {
+			pool.Close()
+			return nil, redacted(fmt.Errorf("postgres %s: %w", safe, err), pw)
+		}
+		if !found {
+			pool.Close()
+			return nil, fmt.Errorf("postgres %s: %w", safe, ErrNoSchema)
+		}
 	}
 	if err := s.Migrate(ctx); err != nil {
 		pool.Close()
@@ -291,22 +310,6 @@ func scrub(msg string, secrets ...string) string {
 
 // ---------------------------------------------------------------- encoding
 
-// micros maps a time to its column value: NULL for zero, Unix microseconds otherwise.
-func micros(t time.Time) *int64 {
-	if t.IsZero() {
-		return nil
-	}
-	v := t.UnixMicro()
-	return &v
-}
-
-func fromMicros(v *int64) time.Time {
-	if v == nil {
-		return time.Time{}
-	}
-	return time.UnixMicro(*v).UTC()
-}
-
 // limit maps "limit <= 0 means all" to a LIMIT parameter (NULL: no limit).
 func limit(n int) *int64 {
 	if n <= 0 {
@@ -316,38 +319,10 @@ func limit(n int) *int64 {
 	return &v
 }
 
-// keyCols are the keys columns every read selects, in scanKey's order.
-const keyCols = `k.id, k.workspace, k.name, k.display, k.created_at, k.expires_at, k.not_before,
-	k.revoked_at, k.rate_limit, k.grants, k.metadata, k.last_used_at`
-
 // lookupSQL is the Check path's one query: the digests primary key, then the keys one.
-const lookupSQL = `SELECT ` + keyCols + `, d.expires_at
+const lookupSQL = `SELECT ` + row.KeyCols + `, d.expires_at
 	FROM digests d JOIN keys k ON k.id = d.key_id
 	WHERE d.digest = $1 AND d.pepper_version = $2`
-
-// scanKey reads keyCols (plus extra destinations) from one row.
-func scanKey(sc pgx.Row, extra ...any) (apikey.Key, error) {
-	var (
-		k                                   apikey.Key
-		created                             int64
-		expires, notBefore, revoked, usedAt *int64
-		rate, grants, meta                  string
-	)
-	dest := append([]any{&k.ID, &k.Workspace, &k.Name, &k.Display, &created, &expires, &notBefore,
-		&revoked, &rate, &grants, &meta, &usedAt}, extra...)
-	if err := sc.Scan(dest...); err != nil {
-		return apikey.Key{}, err
-	}
-	k.CreatedAt = time.UnixMicro(created).UTC()
-	k.ExpiresAt = fromMicros(expires)
-	k.NotBefore = fromMicros(notBefore)
-	k.RevokedAt = fromMicros(revoked)
-	k.LastUsedAt = fromMicros(usedAt)
-	if err := row.Decode(&k, rate, grants, meta); err != nil {
-		return apikey.Key{}, err
-	}
-	return k, nil
-}
 
 // uniqueViolation returns the constraint a unique violation names, or "".
 func uniqueViolation(err error) string {
@@ -364,9 +339,8 @@ func uniqueViolation(err error) string {
 // revoked key comes back with RevokedAt set; a grace digest's key comes back
 // with ExpiresAt at the earlier of the key's expiry and the grace end.
 func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
-	var grace *int64
 	k, err := read(ctx, s, func() (apikey.Key, error) {
-		return scanKey(s.pool.QueryRow(ctx, lookupSQL, d.Sum[:], d.Version), &grace)
+		return row.ScanLookup(s.pool.QueryRow(ctx, lookupSQL, d.Sum[:], d.Version), d.Version)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return apikey.Key{}, apikey.ErrNotFound
@@ -374,16 +348,14 @@ func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error)
 	if err != nil {
 		return apikey.Key{}, fmt.Errorf("postgres lookup: %w", err)
 	}
-	k.ExpiresAt = row.GraceExpiry(k.ExpiresAt, fromMicros(grace))
-	k.PepperVersion = d.Version
 	return k, nil
 }
 
 // Get returns a live key by id.
 func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
 	k, err := read(ctx, s, func() (apikey.Key, error) {
-		return scanKey(s.pool.QueryRow(ctx,
-			`SELECT `+keyCols+` FROM keys k WHERE k.id = $1 AND k.revoked_at IS NULL`, id))
+		return row.ScanKey(s.pool.QueryRow(ctx,
+			`SELECT `+row.KeyCols+` FROM keys k WHERE k.id = $1 AND k.revoked_at IS NULL`, id))
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return apikey.Key{}, apikey.ErrNotFound
@@ -396,8 +368,7 @@ func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
 
 // List returns a workspace's live keys ordered by id, after the cursor; limit <= 0 means all.
 func (s *Store) List(ctx context.Context, workspace, after string, n int) ([]apikey.Key, error) {
-	out, err := query(ctx, s, func(r pgx.CollectableRow) (apikey.Key, error) { return scanKey(r) },
-		`SELECT `+keyCols+` FROM keys k
+	out, err := query(ctx, s, scanKey, `SELECT `+row.KeyCols+` FROM keys k
 		WHERE k.workspace = $1 AND k.revoked_at IS NULL AND k.id > $2
 		ORDER BY k.id LIMIT $3`, workspace, after, limit(n))
 	if err != nil {
@@ -407,36 +378,28 @@ func (s *Store) List(ctx context.Context, workspace, after string, n int) ([]api
 }
 
 // query runs a read returning rows, each scanned by scan (retried as read does).
-func query[T any](ctx context.Context, s *Store, scan pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
+func query[T any](ctx context.Context, s *Store, scan func(row.Scanner) (T, error), sql string, args ...any) ([]T, error) {
 	return read(ctx, s, func() ([]T, error) {
 		rows, err := s.pool.Query(ctx, sql, args...)
 		if err != nil {
 			return nil, err
 		}
-		return pgx.CollectRows(rows, scan)
+		return collect(rows, scan)
 	})
 }
 
+// collect scans every row of rows with scan.
+func collect[T any](rows pgx.Rows, scan func(row.Scanner) (T, error)) ([]T, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (T, error) { return scan(r) })
+}
+
+// scanKey reads row.KeyCols from one row.
+func scanKey(sc row.Scanner) (apikey.Key, error) { return row.ScanKey(sc) }
+
 // Changes returns feed entries with Seq > after, oldest first; limit <= 0 means all.
 func (s *Store) Changes(ctx context.Context, after int64, n int) ([]apikey.Change, error) {
-	out, err := query(ctx, s, func(r pgx.CollectableRow) (apikey.Change, error) {
-		var (
-			c    apikey.Change
-			at   int64
-			kind string
-			ds   []byte
-		)
-		if err := r.Scan(&c.Seq, &at, &c.KeyID, &kind, &ds); err != nil {
-			return c, err
-		}
-		c.At = time.UnixMicro(at).UTC()
-		c.Kind = apikey.ChangeKind(kind)
-		var err error
-		if c.Digests, err = row.SplitDigests(ds); err != nil {
-			return c, fmt.Errorf("seq %d: %w", c.Seq, err)
-		}
-		return c, nil
-	}, `SELECT seq, at, key_id, kind, digests FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit(n))
+	out, err := query(ctx, s, row.ScanChange, `SELECT `+row.ChangeCols+` FROM changes
+		WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit(n))
 	if err != nil {
 		return nil, fmt.Errorf("postgres changes: %w", err)
 	}
@@ -456,19 +419,21 @@ func (s *Store) LastSeq(ctx context.Context) (int64, error) {
 	return seq, nil
 }
 
+// KeysByPepper counts the live (not revoked) keys by the pepper version of
+// their usable digests: a key with a grace digest counts under both versions.
+func (s *Store) KeysByPepper(ctx context.Context) (map[int]int, error) {
+	rows, err := query(ctx, s, row.ScanCount, strings.Replace(row.KeysByPepperSQL, "?", "$1", 1), time.Now().UnixMicro())
+	if err != nil {
+		return nil, fmt.Errorf("postgres keys by pepper: %w", err)
+	}
+	return row.Counts(rows), nil
+}
+
 // Events returns a workspace's audit events with Seq > after, oldest first; limit <= 0 means all.
 // Their Seq comes from an identity column: unlike the change feed's, it may
 // have holes and, with concurrent writers, commit out of order.
 func (s *Store) Events(ctx context.Context, workspace string, after int64, n int) ([]apikey.Event, error) {
-	out, err := query(ctx, s, func(r pgx.CollectableRow) (apikey.Event, error) {
-		var (
-			e  apikey.Event
-			at int64
-		)
-		err := r.Scan(&e.Seq, &at, &e.Kind, &e.Workspace, &e.KeyID, &e.Actor, &e.Detail)
-		e.At = time.UnixMicro(at).UTC()
-		return e, err
-	}, `SELECT seq, at, kind, workspace, key_id, actor, detail FROM audit
+	out, err := query(ctx, s, row.ScanEvent, `SELECT `+row.EventCols+` FROM audit
 		WHERE workspace = $1 AND seq > $2 ORDER BY seq LIMIT $3`, workspace, after, limit(n))
 	if err != nil {
 		return nil, fmt.Errorf("postgres events: %w", err)
@@ -507,8 +472,8 @@ func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO keys (id, workspace, name, display, created_at,
 			expires_at, not_before, rate_limit, grants, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-			k.ID, k.Workspace, k.Name, k.Display, k.CreatedAt.UnixMicro(), micros(k.ExpiresAt),
-			micros(k.NotBefore), k.RateLimit.String(), grants, meta)
+			k.ID, k.Workspace, k.Name, k.Display, k.CreatedAt.UnixMicro(), row.Micros(k.ExpiresAt),
+			row.Micros(k.NotBefore), k.RateLimit.String(), grants, meta)
 		switch uniqueViolation(err) {
 		case "":
 		case "keys_live_name":
@@ -552,8 +517,8 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 	var k apikey.Key
 	err := s.write(ctx, func(tx pgx.Tx) error {
 		var err error
-		k, err = scanKey(tx.QueryRow(ctx,
-			`SELECT `+keyCols+` FROM keys k WHERE k.id = $1 AND k.revoked_at IS NULL FOR NO KEY UPDATE`, id))
+		k, err = row.ScanKey(tx.QueryRow(ctx,
+			`SELECT `+row.KeyCols+` FROM keys k WHERE k.id = $1 AND k.revoked_at IS NULL FOR NO KEY UPDATE`, id))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return apikey.ErrNotFound
 		}
@@ -704,20 +669,7 @@ func keyDigests(ctx context.Context, tx pgx.Tx, id string) ([][32]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres digests of %s: %w", id, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([32]byte, error) {
-		var (
-			b []byte
-			d [32]byte
-		)
-		if err := r.Scan(&b); err != nil {
-			return d, err
-		}
-		if len(b) != len(d) {
-			return d, fmt.Errorf("stored digest has %d bytes", len(b))
-		}
-		copy(d[:], b)
-		return d, nil
-	})
+	out, err := collect(rows, row.ScanDigest)
 	if err != nil {
 		return nil, fmt.Errorf("postgres digests of %s: %w", id, err)
 	}

@@ -78,6 +78,7 @@ func TestStore(t *testing.T) {
 		{"DatabaseCollationIsNotBytewise", testDatabaseCollationIsNotBytewise},
 		{"MigrateConcurrentAndIdempotent", testMigrateConcurrentAndIdempotent},
 		{"NewerSchemaRefused", testNewerSchemaRefused},
+		{"ExistingOnly", testExistingOnly},
 		{"WrongPasswordHidden", testWrongPasswordHidden},
 		{"Options", testOptions},
 		{"FeedGaplessUnderConcurrentWriters", testFeedGaplessUnderConcurrentWriters},
@@ -152,6 +153,28 @@ func testMigrateConcurrentAndIdempotent(t *testing.T, p *testenv.PGProc) {
 		v != len(migrations) || rows != len(migrations) {
 		t.Errorf("schema_migrations: max %d, %d rows, %v; want %d, %d", v, rows, err, len(migrations), len(migrations))
 	}
+}
+
+// Options.Existing refuses a database without keyauthz's schema and creates
+// nothing in it; once migrated, it opens.
+func testExistingOnly(t *testing.T, p *testenv.PGProc) {
+	url := newDB(t, p)
+	if s, err := Open(ctxT(t), url, zap.NewNop(), Options{Existing: true}); !errors.Is(err, ErrNoSchema) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("Open(Existing) of an empty database: %v, want ErrNoSchema", err)
+	}
+	s := open(t, url, Options{}) // creates the schema
+	var tables int
+	if err := s.pool.QueryRow(ctxT(t), `SELECT count(*) FROM schema_migrations`).Scan(&tables); err != nil || tables != len(migrations) {
+		t.Fatalf("schema_migrations rows = %d, %v; want %d (created only by the second Open)", tables, err, len(migrations))
+	}
+	s2, err := Open(ctxT(t), url, zap.NewNop(), Options{Existing: true})
+	if err != nil {
+		t.Fatalf("Open(Existing) of a migrated database: %v", err)
+	}
+	s2.Close()
 }
 
 func testNewerSchemaRefused(t *testing.T, p *testenv.PGProc) {
@@ -511,7 +534,7 @@ func testListenDrivesFollower(t *testing.T, p *testenv.PGProc) {
 	l := listen(t, b, func() { _ = f.Poll(ctx) })
 	l.wait(t, 5*time.Second, "initial call")
 	if !f.Healthy() {
-		t.Fatalf("follower not started by the initial onChange: %v", f.LastError())
+		t.Fatalf("follower not started by the initial onChange (failing since %v)", f.FailingSince())
 	}
 
 	nk := storetest.NewKey(t, "acme", "ci")

@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -158,6 +157,8 @@ func (c *checkConn) lookup(ctx context.Context, d apikey.Digest) (k apikey.Key, 
 
 // microsValue maps a time column's value to a time: zero for NULL, Unix microseconds otherwise.
 func microsValue(v driver.Value) time.Time {
-	us, ok := v.(int64)
-	return fromMicros(sql.NullInt64{Int64: us, Valid: ok})
+	if us, ok := v.(int64); ok {
+		return time.UnixMicro(us).UTC()
+	}
+	return time.Time{}
 }

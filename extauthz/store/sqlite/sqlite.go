@@ -12,7 +12,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/keyauthz/keyauthz/extauthz/store/internal/row"
 	"io/fs"
 	"net/url"
 	"os"
@@ -24,6 +23,7 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/store/internal/row"
 )
 
 var _ apikey.Store = (*Store)(nil)
@@ -68,7 +68,7 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxIdleTime(0)
 	w.SetConnMaxLifetime(0)
-	s := &Store{w: w, log: log.Named("sqlite"), checks: make(chan *checkConn, checkConns), closed: make(chan struct{})}
+	s := &Store{w: w, log: log, checks: make(chan *checkConn, checkConns), closed: make(chan struct{})}
 	if err := s.Migrate(ctx); err != nil {
 		_ = w.Close()
 		return nil, fmt.Errorf("sqlite %s: %w", path, err)
@@ -160,56 +160,38 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return nil
 }
 
-// ---------------------------------------------------------------- encoding
+// ---------------------------------------------------------------- queries
 
-// micros maps a time to its column value: NULL for zero, Unix microseconds otherwise.
-func micros(t time.Time) any {
-	if t.IsZero() {
-		return nil
-	}
-	return t.UnixMicro()
-}
-
-func fromMicros(v sql.NullInt64) time.Time {
-	if !v.Valid {
-		return time.Time{}
-	}
-	return time.UnixMicro(v.Int64).UTC()
-}
-
-// keyCols are the keys columns every read selects, in scanKey's order.
-const keyCols = `k.id, k.workspace, k.name, k.display, k.created_at, k.expires_at, k.not_before,
-	k.revoked_at, k.rate_limit, k.grants, k.metadata, k.last_used_at`
-
-const lookupSQL = `SELECT ` + keyCols + `, d.expires_at
+// lookupSQL is the Lookup query: the digests primary key, then the keys one.
+const lookupSQL = `SELECT ` + row.KeyCols + `, d.expires_at
 	FROM digests d JOIN keys k ON k.id = d.key_id
 	WHERE d.digest = ? AND d.pepper_version = ?`
 
-type scanner interface{ Scan(dest ...any) error }
-
-// scanKey reads keyCols (plus extra destinations) from one row.
-func scanKey(sc scanner, extra ...any) (apikey.Key, error) {
-	var (
-		k                                   apikey.Key
-		created                             int64
-		expires, notBefore, revoked, usedAt sql.NullInt64
-		rate, grants, meta                  string
-	)
-	dest := append([]any{&k.ID, &k.Workspace, &k.Name, &k.Display, &created, &expires, &notBefore,
-		&revoked, &rate, &grants, &meta, &usedAt}, extra...)
-	if err := sc.Scan(dest...); err != nil {
-		return apikey.Key{}, err
-	}
-	k.CreatedAt = time.UnixMicro(created).UTC()
-	k.ExpiresAt = fromMicros(expires)
-	k.NotBefore = fromMicros(notBefore)
-	k.RevokedAt = fromMicros(revoked)
-	k.LastUsedAt = fromMicros(usedAt)
-	if err := row.Decode(&k, rate, grants, meta); err != nil {
-		return apikey.Key{}, err
-	}
-	return k, nil
+// querier is what query needs of a *sql.DB or *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
+
+// query runs a read returning rows, each scanned by scan.
+func query[T any](ctx context.Context, db querier, scan func(row.Scanner) (T, error), q string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// scanKey reads row.KeyCols from one row.
+func scanKey(sc row.Scanner) (apikey.Key, error) { return row.ScanKey(sc) }
 
 // ---------------------------------------------------------------- reads
 
@@ -217,23 +199,20 @@ func scanKey(sc scanner, extra ...any) (apikey.Key, error) {
 // revoked key comes back with RevokedAt set; a grace digest's key comes back
 // with ExpiresAt at the earlier of the key's expiry and the grace end.
 func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
-	var grace sql.NullInt64
-	k, err := scanKey(s.lookup.QueryRowContext(ctx, d.Sum[:], d.Version), &grace)
+	k, err := row.ScanLookup(s.lookup.QueryRowContext(ctx, d.Sum[:], d.Version), d.Version)
 	if errors.Is(err, sql.ErrNoRows) {
 		return apikey.Key{}, apikey.ErrNotFound
 	}
 	if err != nil {
 		return apikey.Key{}, fmt.Errorf("sqlite lookup: %w", err)
 	}
-	k.ExpiresAt = row.GraceExpiry(k.ExpiresAt, fromMicros(grace))
-	k.PepperVersion = d.Version
 	return k, nil
 }
 
 // Get returns a live key by id.
 func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
 	k, err := scanKey(s.r.QueryRowContext(ctx,
-		`SELECT `+keyCols+` FROM keys k WHERE k.id = ? AND k.revoked_at IS NULL`, id))
+		`SELECT `+row.KeyCols+` FROM keys k WHERE k.id = ? AND k.revoked_at IS NULL`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return apikey.Key{}, apikey.ErrNotFound
 	}
@@ -245,22 +224,10 @@ func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
 
 // List returns a workspace's live keys ordered by id, after the cursor; limit <= 0 means all.
 func (s *Store) List(ctx context.Context, workspace, after string, limit int) ([]apikey.Key, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+keyCols+` FROM keys k
+	out, err := query(ctx, s.r, scanKey, `SELECT `+row.KeyCols+` FROM keys k
 		WHERE k.workspace = ? AND k.revoked_at IS NULL AND k.id > ?
 		ORDER BY k.id LIMIT ?`, workspace, after, sqlLimit(limit))
 	if err != nil {
-		return nil, fmt.Errorf("sqlite list: %w", err)
-	}
-	defer rows.Close()
-	var out []apikey.Key
-	for rows.Next() {
-		k, err := scanKey(rows)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite list: %w", err)
-		}
-		out = append(out, k)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite list: %w", err)
 	}
 	return out, nil
@@ -275,31 +242,9 @@ func sqlLimit(n int) int {
 
 // Changes returns feed entries with Seq > after, oldest first; limit <= 0 means all.
 func (s *Store) Changes(ctx context.Context, after int64, limit int) ([]apikey.Change, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT seq, at, key_id, kind, digests FROM changes
+	out, err := query(ctx, s.r, row.ScanChange, `SELECT `+row.ChangeCols+` FROM changes
 		WHERE seq > ? ORDER BY seq LIMIT ?`, after, sqlLimit(limit))
 	if err != nil {
-		return nil, fmt.Errorf("sqlite changes: %w", err)
-	}
-	defer rows.Close()
-	var out []apikey.Change
-	for rows.Next() {
-		var (
-			c    apikey.Change
-			at   int64
-			kind string
-			ds   []byte
-		)
-		if err := rows.Scan(&c.Seq, &at, &c.KeyID, &kind, &ds); err != nil {
-			return nil, fmt.Errorf("sqlite changes: %w", err)
-		}
-		c.At = time.UnixMicro(at).UTC()
-		c.Kind = apikey.ChangeKind(kind)
-		if c.Digests, err = row.SplitDigests(ds); err != nil {
-			return nil, fmt.Errorf("sqlite changes: seq %d: %w", c.Seq, err)
-		}
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite changes: %w", err)
 	}
 	return out, nil
@@ -314,27 +259,21 @@ func (s *Store) LastSeq(ctx context.Context) (int64, error) {
 	return seq, nil
 }
 
+// KeysByPepper counts the live (not revoked) keys by the pepper version of
+// their usable digests: a key with a grace digest counts under both versions.
+func (s *Store) KeysByPepper(ctx context.Context) (map[int]int, error) {
+	rows, err := query(ctx, s.r, row.ScanCount, row.KeysByPepperSQL, time.Now().UnixMicro())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite keys by pepper: %w", err)
+	}
+	return row.Counts(rows), nil
+}
+
 // Events returns a workspace's audit events with Seq > after, oldest first; limit <= 0 means all.
 func (s *Store) Events(ctx context.Context, workspace string, after int64, limit int) ([]apikey.Event, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT seq, at, kind, workspace, key_id, actor, detail FROM audit
+	out, err := query(ctx, s.r, row.ScanEvent, `SELECT `+row.EventCols+` FROM audit
 		WHERE workspace = ? AND seq > ? ORDER BY seq LIMIT ?`, workspace, after, sqlLimit(limit))
 	if err != nil {
-		return nil, fmt.Errorf("sqlite events: %w", err)
-	}
-	defer rows.Close()
-	var out []apikey.Event
-	for rows.Next() {
-		var (
-			e  apikey.Event
-			at int64
-		)
-		if err := rows.Scan(&e.Seq, &at, &e.Kind, &e.Workspace, &e.KeyID, &e.Actor, &e.Detail); err != nil {
-			return nil, fmt.Errorf("sqlite events: %w", err)
-		}
-		e.At = time.UnixMicro(at).UTC()
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite events: %w", err)
 	}
 	return out, nil
@@ -371,8 +310,8 @@ func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO keys (id, workspace, name, display, created_at,
 			expires_at, not_before, rate_limit, grants, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			k.ID, k.Workspace, k.Name, k.Display, k.CreatedAt.UnixMicro(), micros(k.ExpiresAt),
-			micros(k.NotBefore), k.RateLimit.String(), grants, meta); err != nil {
+			k.ID, k.Workspace, k.Name, k.Display, k.CreatedAt.UnixMicro(), row.Micros(k.ExpiresAt),
+			row.Micros(k.NotBefore), k.RateLimit.String(), grants, meta); err != nil {
 			return fmt.Errorf("sqlite create: insert key: %w", err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO digests (digest, key_id, pepper_version) VALUES (?, ?, ?)`,
@@ -398,7 +337,7 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var err error
 		k, err = scanKey(tx.QueryRowContext(ctx,
-			`SELECT `+keyCols+` FROM keys k WHERE k.id = ? AND k.revoked_at IS NULL`, id))
+			`SELECT `+row.KeyCols+` FROM keys k WHERE k.id = ? AND k.revoked_at IS NULL`, id))
 		if errors.Is(err, sql.ErrNoRows) {
 			return apikey.ErrNotFound
 		}
@@ -534,25 +473,8 @@ func (s *Store) Audit(ctx context.Context, e apikey.Event) error {
 }
 
 func keyDigests(ctx context.Context, tx *sql.Tx, id string) ([][32]byte, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT digest FROM digests WHERE key_id = ?`, id)
+	out, err := query(ctx, tx, row.ScanDigest, `SELECT digest FROM digests WHERE key_id = ?`, id)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite digests of %s: %w", id, err)
-	}
-	defer rows.Close()
-	var out [][32]byte
-	for rows.Next() {
-		var b []byte
-		if err := rows.Scan(&b); err != nil {
-			return nil, fmt.Errorf("sqlite digests of %s: %w", id, err)
-		}
-		var d [32]byte
-		if len(b) != len(d) {
-			return nil, fmt.Errorf("sqlite digests of %s: stored digest has %d bytes", id, len(b))
-		}
-		copy(d[:], b)
-		out = append(out, d)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite digests of %s: %w", id, err)
 	}
 	return out, nil

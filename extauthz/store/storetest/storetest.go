@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -74,6 +75,7 @@ func Run(t *testing.T, open func(t *testing.T) apikey.Store) {
 	t.Run("Changes", func(t *testing.T) { testChanges(t, fresh(t)) })
 	t.Run("Touch", func(t *testing.T) { testTouch(t, fresh(t)) })
 	t.Run("LifecycleAudit", func(t *testing.T) { testLifecycleAudit(t, fresh(t)) })
+	t.Run("KeysByPepperAfterWrites", func(t *testing.T) { testKeysByPepperAfterWrites(t, fresh(t)) })
 }
 
 // RunReadOnly tests the read side of the contract against a store that cannot be
@@ -103,9 +105,39 @@ func (h harness) runRead(t *testing.T) {
 	t.Run("ChangesConsistent", func(t *testing.T) { h.testChangesConsistent(t) })
 	t.Run("Audit", func(t *testing.T) { h.testAudit(t) })
 	t.Run("PingClose", func(t *testing.T) { h.testPingClose(t) })
+	t.Run("KeysByPepper", func(t *testing.T) { h.testKeysByPepper(t) })
 }
 
 // ---------------------------------------------------------------- helpers
+
+// PepperCounter is what every store offers beyond apikey.Store: serve counts
+// the live keys by pepper version at start, to refuse a config that lacks a
+// version keys were made with.
+type PepperCounter interface {
+	// KeysByPepper counts the live (not revoked) keys by the pepper version of
+	// their usable digests; a key in a refresh's grace period counts under the
+	// versions of both its digests.
+	KeysByPepper(ctx context.Context) (map[int]int, error)
+}
+
+// keysByPepper calls s's KeysByPepper; the test fails if s has none.
+func keysByPepper(t *testing.T, s apikey.Store) map[int]int {
+	t.Helper()
+	pc, ok := s.(PepperCounter)
+	if !ok {
+		t.Fatalf("%T has no KeysByPepper method (storetest.PepperCounter)", s)
+	}
+	m, err := pc.KeysByPepper(ctx(t))
+	if err != nil {
+		t.Fatalf("KeysByPepper: %v", err)
+	}
+	for v, n := range m { // a version without keys may be absent or 0
+		if n == 0 {
+			delete(m, v)
+		}
+	}
+	return m
+}
 
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -148,6 +180,22 @@ func mustCreate(t *testing.T, s apikey.Store, nk apikey.NewKey) apikey.Key {
 		t.Fatalf("Create(%s/%s): %v", nk.Key.Workspace, nk.Key.Name, err)
 	}
 	return k
+}
+
+// mustRefresh refreshes key id to digest d (display "kz_new1") with grace.
+func mustRefresh(t *testing.T, s apikey.Store, id string, d apikey.Digest, grace time.Duration) {
+	t.Helper()
+	if _, err := s.Refresh(ctx(t), id, d, "kz_new1", grace, "t"); err != nil {
+		t.Fatalf("Refresh: %v", err)
+	}
+}
+
+// mustDelete deletes key id.
+func mustDelete(t *testing.T, s apikey.Store, id string) {
+	t.Helper()
+	if err := s.Delete(ctx(t), id, "t"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
 }
 
 // fixture is the standard seed set: two workspaces, a fully populated key, a
@@ -679,9 +727,7 @@ func testCreateNormalizesTimes(t *testing.T, s apikey.Store) {
 func testListAfterDelete(t *testing.T, s apikey.Store) {
 	a := mustCreate(t, s, NewKey(t, "acme", "a"))
 	b := mustCreate(t, s, NewKey(t, "acme", "b"))
-	if err := s.Delete(ctx(t), a.ID, "t"); err != nil {
-		t.Fatalf("Delete: %v", err)
-	}
+	mustDelete(t, s, a.ID)
 	got, err := s.List(ctx(t), "acme", "", 10)
 	if err != nil {
 		t.Fatalf("List: %v", err)
@@ -695,9 +741,7 @@ func testLookupDeleted(t *testing.T, s apikey.Store) {
 	nk := NewKey(t, "acme", "ci")
 	mustCreate(t, s, nk)
 	from := time.Now()
-	if err := s.Delete(ctx(t), nk.Key.ID, "t"); err != nil {
-		t.Fatalf("Delete: %v", err)
-	}
+	mustDelete(t, s, nk.Key.ID)
 	to := time.Now()
 	k, err := s.Lookup(ctx(t), nk.Digest)
 	if err != nil {
@@ -721,9 +765,7 @@ func testLimit(t *testing.T, s apikey.Store) {
 	_, err := s.Create(ctx(t), withMax("acme", "k3", 2))
 	wantErr(t, "third Create with Max 2", err, apikey.ErrLimit)
 	mustCreate(t, s, withMax("globex", "k3", 2)) // another workspace is not affected
-	if err := s.Delete(ctx(t), first.ID, "t"); err != nil {
-		t.Fatalf("Delete: %v", err)
-	}
+	mustDelete(t, s, first.ID)
 	mustCreate(t, s, withMax("acme", "k3", 2)) // deleting frees a slot
 	_, err = s.Create(ctx(t), withMax("acme", "k4", 2))
 	wantErr(t, "Create over Max after reuse", err, apikey.ErrLimit)
@@ -741,9 +783,7 @@ func testNameTaken(t *testing.T, s apikey.Store) {
 	_, err := s.Create(ctx(t), NewKey(t, "acme", "ci"))
 	wantErr(t, "Create(same name)", err, apikey.ErrNameTaken)
 	mustCreate(t, s, NewKey(t, "globex", "ci")) // same name, other workspace
-	if err := s.Delete(ctx(t), k.ID, "t"); err != nil {
-		t.Fatalf("Delete: %v", err)
-	}
+	mustDelete(t, s, k.ID)
 	mustCreate(t, s, NewKey(t, "acme", "ci")) // a deleted key's name can be reused
 	_, err = s.Create(ctx(t), NewKey(t, "acme", "ci"))
 	wantErr(t, "Create(same name again)", err, apikey.ErrNameTaken)
@@ -808,9 +848,7 @@ func testRefreshNoGrace(t *testing.T, s apikey.Store) {
 
 	_, err = s.Refresh(ctx(t), "key_doesnotexist", NewDigest(t, 1), "kz_new1", 0, "t")
 	wantErr(t, "Refresh(unknown)", err, apikey.ErrNotFound)
-	if err := s.Delete(ctx(t), nk.Key.ID, "t"); err != nil {
-		t.Fatalf("Delete: %v", err)
-	}
+	mustDelete(t, s, nk.Key.ID)
 	_, err = s.Refresh(ctx(t), nk.Key.ID, NewDigest(t, 1), "kz_new1", 0, "t")
 	wantErr(t, "Refresh(deleted)", err, apikey.ErrNotFound)
 }
@@ -821,9 +859,7 @@ func testRefreshGrace(t *testing.T, s apikey.Store) {
 	mustCreate(t, s, nk)
 	nd := NewDigest(t, 1)
 	from := time.Now()
-	if _, err := s.Refresh(ctx(t), nk.Key.ID, nd, "kz_new1", grace, "t"); err != nil {
-		t.Fatalf("Refresh: %v", err)
-	}
+	mustRefresh(t, s, nk.Key.ID, nd, grace)
 	to := time.Now()
 	old, err := s.Lookup(ctx(t), nk.Digest)
 	if err != nil {
@@ -863,9 +899,7 @@ func testRefreshGraceCapped(t *testing.T, s apikey.Store) {
 	nk := NewKey(t, "acme", "ci")
 	nk.Key.ExpiresAt = time.Now().Add(10 * time.Minute)
 	mustCreate(t, s, nk)
-	if _, err := s.Refresh(ctx(t), nk.Key.ID, NewDigest(t, 1), "kz_new1", 24*time.Hour, "t"); err != nil {
-		t.Fatalf("Refresh: %v", err)
-	}
+	mustRefresh(t, s, nk.Key.ID, NewDigest(t, 1), 24*time.Hour)
 	old, err := s.Lookup(ctx(t), nk.Digest)
 	if err != nil {
 		t.Fatalf("Lookup(old digest): %v", err)
@@ -878,12 +912,8 @@ func testDelete(t *testing.T, s apikey.Store) {
 	nk := NewKey(t, "acme", "ci")
 	mustCreate(t, s, nk)
 	nd := NewDigest(t, 1)
-	if _, err := s.Refresh(ctx(t), nk.Key.ID, nd, "kz_new1", time.Hour, "t"); err != nil {
-		t.Fatalf("Refresh: %v", err)
-	}
-	if err := s.Delete(ctx(t), nk.Key.ID, "t"); err != nil {
-		t.Fatalf("Delete: %v", err)
-	}
+	mustRefresh(t, s, nk.Key.ID, nd, time.Hour)
+	mustDelete(t, s, nk.Key.ID)
 	_, err := s.Get(ctx(t), nk.Key.ID)
 	wantErr(t, "Get(deleted)", err, apikey.ErrNotFound)
 	for name, d := range map[string]apikey.Digest{"grace digest": nk.Digest, "current digest": nd} {
@@ -932,9 +962,7 @@ func testRehash(t *testing.T, s apikey.Store) {
 
 	// Rehashing a grace digest keeps its grace end.
 	nd := NewDigest(t, 2)
-	if _, err := s.Refresh(ctx(t), nk.Key.ID, nd, "kz_new1", time.Hour, "t"); err != nil {
-		t.Fatalf("Refresh: %v", err)
-	}
+	mustRefresh(t, s, nk.Key.ID, nd, time.Hour)
 	before, err := s.Lookup(ctx(t), v2)
 	if err != nil {
 		t.Fatalf("Lookup(grace digest): %v", err)
@@ -959,12 +987,8 @@ func testChanges(t *testing.T, s apikey.Store) {
 	from := time.Now()
 	mustCreate(t, s, nk)
 	nd := NewDigest(t, 1)
-	if _, err := s.Refresh(ctx(t), nk.Key.ID, nd, "kz_new1", time.Hour, "t"); err != nil {
-		t.Fatalf("Refresh: %v", err)
-	}
-	if err := s.Delete(ctx(t), nk.Key.ID, "t"); err != nil {
-		t.Fatalf("Delete: %v", err)
-	}
+	mustRefresh(t, s, nk.Key.ID, nd, time.Hour)
+	mustDelete(t, s, nk.Key.ID)
 	to := time.Now()
 	all, err := s.Changes(ctx(t), start, 100)
 	if err != nil {
@@ -1081,4 +1105,51 @@ func testLifecycleAudit(t *testing.T, s apikey.Store) {
 		}
 		nowish(t, "Event.At", e.At, from, to)
 	}
+}
+
+// testKeysByPepper counts the fixture: live keys under versions 1 and 2, the
+// revoked key not at all.
+func (h harness) testKeysByPepper(t *testing.T) {
+	seeds := fixture(t)
+	s := h.open(t, seeds)
+	want := map[int]int{}
+	for _, sd := range seeds {
+		if sd.Key.RevokedAt.IsZero() {
+			want[sd.Digest.Version]++
+		}
+	}
+	if got := keysByPepper(t, s); !maps.Equal(got, want) {
+		t.Fatalf("KeysByPepper = %v, want %v", got, want)
+	}
+}
+
+// testKeysByPepperAfterWrites follows the counts through delete, refresh
+// with and without grace, and rehash.
+func testKeysByPepperAfterWrites(t *testing.T, s apikey.Store) {
+	if got := keysByPepper(t, s); len(got) != 0 {
+		t.Fatalf("KeysByPepper on an empty store = %v, want none", got)
+	}
+	a, b, c := NewKey(t, "acme", "a"), NewKey(t, "acme", "b"), NewKey(t, "acme", "c")
+	for _, nk := range []apikey.NewKey{a, b, c} {
+		mustCreate(t, s, nk)
+	}
+	check := func(what string, want map[int]int) {
+		t.Helper()
+		if got := keysByPepper(t, s); !maps.Equal(got, want) {
+			t.Fatalf("KeysByPepper after %s = %v, want %v", what, got, want)
+		}
+	}
+	check("3 creates", map[int]int{1: 3})
+	mustDelete(t, s, c.Key.ID)
+	check("a delete", map[int]int{1: 2})
+	mustRefresh(t, s, a.Key.ID, NewDigest(t, 2), 0)
+	check("a refresh to version 2", map[int]int{1: 1, 2: 1})
+	mustRefresh(t, s, b.Key.ID, NewDigest(t, 2), time.Hour)
+	check("a refresh to version 2 with grace", map[int]int{1: 1, 2: 2})
+	e := NewKey(t, "acme", "e")
+	mustCreate(t, s, e)
+	if err := s.Rehash(ctx(t), e.Digest, NewDigest(t, 3)); err != nil {
+		t.Fatalf("Rehash: %v", err)
+	}
+	check("a rehash to version 3", map[int]int{1: 1, 2: 2, 3: 1})
 }

@@ -1,5 +1,7 @@
-// Package row holds the value encodings the SQL stores (sqlite, postgres) share,
-// so both keep one on-disk format for times, grants, metadata and digest lists.
+// Package row holds what the SQL stores (sqlite, postgres) share: the schema
+// (in each engine's spelling), the migration runner, and the row encodings and
+// scanners, so both keep one data model and one on-disk format for times,
+// grants, metadata and digest lists.
 package row
 
 import (

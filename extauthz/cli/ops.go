@@ -1,21 +1,23 @@
-package app
+package cli
 
 import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
-	"github.com/keyauthz/keyauthz/config"
 	"github.com/keyauthz/keyauthz/extauthz/admin"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
+	"github.com/keyauthz/keyauthz/extauthz/app"
 )
 
 // keyOps is what the keys and audit commands need, from a local store or a server.
 type keyOps interface {
-	create(ctx context.Context, s apikey.Spec) (apikey.View, error)
-	list(ctx context.Context, ws string) ([]apikey.View, error)
-	refresh(ctx context.Context, ws, id string, grace time.Duration) (apikey.View, error)
+	create(ctx context.Context, s apikey.Spec) (admin.View, error)
+	list(ctx context.Context, ws string) ([]admin.View, error)
+	refresh(ctx context.Context, ws, id string, grace time.Duration) (admin.View, error)
 	delete(ctx context.Context, ws, id string) error
 	audit(ctx context.Context, ws string) ([]admin.Event, error)
 	close()
@@ -30,9 +32,9 @@ var (
 func (c *cli) ops(co common) (keyOps, error) {
 	if co.server != "" {
 		if co.tokenFile == "" {
-			return nil, usageError("--server needs --token-file")
+			return nil, usageError("--token-file is required with --server")
 		}
-		tok, err := admin.ReadTokenFile(co.tokenFile)
+		tok, err := readTokenFile(co.tokenFile)
 		if err != nil {
 			return nil, err
 		}
@@ -46,43 +48,44 @@ func (c *cli) ops(co common) (keyOps, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := peppers(&cfg, embedded, c.log)
+	m, err := app.NewManager(c.ctx, cfg, c.log, app.Options{Embedded: embedded, CheckPeppers: co.hashes})
 	if err != nil {
-		return nil, err
-	}
-	f, err := apikey.NewFormat(cfg.Keys.Prefix, cfg.Keys.MaxLength, cfg.Keys.Imported)
-	if err != nil {
-		return nil, err
-	}
-	s, err := openStore(c.ctx, &cfg, c.log.Named("store"))
-	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", config.RedactURL(cfg.Store.URL), err)
-	}
-	m, err := apikey.NewManager(s, f, h, MaxKeys(&cfg))
-	if err != nil {
-		s.Close()
 		return nil, err
 	}
 	return &localOps{m: m}, nil
 }
 
+// readTokenFile reads an admin token from a file (--token-file), without
+// surrounding whitespace. The error never holds the file's content.
+func readTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read admin token: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("admin token file %s is empty", path)
+	}
+	return t, nil
+}
+
 // localOps works on the store directly, as the CLI on the sidecar's host does.
 type localOps struct{ m *apikey.Manager }
 
-func (l *localOps) create(ctx context.Context, s apikey.Spec) (apikey.View, error) {
+func (l *localOps) create(ctx context.Context, s apikey.Spec) (admin.View, error) {
 	k, secret, err := l.m.Create(ctx, s, "cli")
-	return apikey.NewView(k, secret), err
+	return admin.NewView(k, secret), err
 }
 
-func (l *localOps) list(ctx context.Context, ws string) ([]apikey.View, error) {
-	var out []apikey.View
+func (l *localOps) list(ctx context.Context, ws string) ([]admin.View, error) {
+	var out []admin.View
 	for after := ""; ; {
 		page, err := l.m.Store().List(ctx, ws, after, 500)
 		if err != nil {
 			return nil, err
 		}
 		for _, k := range page {
-			out = append(out, apikey.NewView(k, ""))
+			out = append(out, admin.NewView(k, ""))
 		}
 		if len(page) < 500 {
 			return out, nil
@@ -106,12 +109,12 @@ func (l *localOps) owned(ctx context.Context, ws, id string) error {
 	return nil
 }
 
-func (l *localOps) refresh(ctx context.Context, ws, id string, grace time.Duration) (apikey.View, error) {
+func (l *localOps) refresh(ctx context.Context, ws, id string, grace time.Duration) (admin.View, error) {
 	if err := l.owned(ctx, ws, id); err != nil {
-		return apikey.View{}, err
+		return admin.View{}, err
 	}
 	k, secret, err := l.m.Refresh(ctx, id, grace, "cli")
-	return apikey.NewView(k, secret), err
+	return admin.NewView(k, secret), err
 }
 
 func (l *localOps) delete(ctx context.Context, ws, id string) error {
@@ -123,7 +126,7 @@ func (l *localOps) delete(ctx context.Context, ws, id string) error {
 
 func (l *localOps) audit(ctx context.Context, ws string) ([]admin.Event, error) {
 	es, err := l.m.Store().Events(ctx, ws, 0, 0)
-	return admin.Events(es), err
+	return events(es), err
 }
 
 func (l *localOps) close() { l.m.Store().Close() }
@@ -131,7 +134,7 @@ func (l *localOps) close() { l.m.Store().Close() }
 // remoteOps talks to a running server's admin API.
 type remoteOps struct{ c *admin.Client }
 
-func (r *remoteOps) create(ctx context.Context, s apikey.Spec) (apikey.View, error) {
+func (r *remoteOps) create(ctx context.Context, s apikey.Spec) (admin.View, error) {
 	req := admin.CreateRequest{Name: s.Name, RateLimit: s.RateLimit.String(), Grants: s.Grants, Metadata: s.Metadata}
 	if !s.ExpiresAt.IsZero() {
 		t := s.ExpiresAt
@@ -140,20 +143,20 @@ func (r *remoteOps) create(ctx context.Context, s apikey.Spec) (apikey.View, err
 	return r.c.Create(ctx, s.Workspace, req)
 }
 
-func (r *remoteOps) list(ctx context.Context, ws string) ([]apikey.View, error) {
+func (r *remoteOps) list(ctx context.Context, ws string) ([]admin.View, error) {
 	return r.c.ListAll(ctx, ws)
 }
 
-func (r *remoteOps) refresh(ctx context.Context, ws, id string, grace time.Duration) (apikey.View, error) {
+func (r *remoteOps) refresh(ctx context.Context, ws, id string, grace time.Duration) (admin.View, error) {
 	if ws == "" {
-		return apikey.View{}, usageError("--server needs --workspace for refresh")
+		return admin.View{}, usageError("keys refresh: --workspace is required with --server")
 	}
 	return r.c.Refresh(ctx, ws, id, grace)
 }
 
 func (r *remoteOps) delete(ctx context.Context, ws, id string) error {
 	if ws == "" {
-		return usageError("--server needs --workspace for delete")
+		return usageError("keys delete: --workspace is required with --server")
 	}
 	return r.c.Delete(ctx, ws, id)
 }

@@ -1,4 +1,4 @@
-package app
+package cli
 
 import (
 	"context"
@@ -21,8 +21,13 @@ func (c *cli) check(args []string) error {
 	fs.StringVar(&path, "path", "/", "request path")
 	fs.StringVar(&method, "method", "GET", "request method")
 	fs.StringVar(&server, "server", "", "gRPC address (default: grpc.listen)")
-	if _, err := parse(fs, args); err != nil {
+	if pos, err := parse(fs, args); err != nil {
 		return err
+	} else if len(pos) > 0 {
+		return usageError("check takes no arguments")
+	}
+	if key == "" {
+		return usageError("check: --key is required (- reads it from stdin)")
 	}
 	cfg, _, err := c.load(co)
 	if err != nil {
