@@ -175,6 +175,10 @@ e2e() {
     [ "$v" = "$ENVOY_NEW" ] || codec=standard
     say "e2e with $("$bin" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo "envoy $v"), grpc.codec $codec"
     ENVOY_BIN=$bin KEYAUTHZ_E2E_CODEC=$codec go test -tags e2e -count=1 -timeout 10m ./test/e2e/...
+    # The Kubernetes sidecar pod run from its manifest, the manifests' Envoy configs
+    # validated, and the image's default command run as its user (no container engine).
+    say "Kubernetes manifests and the image with Envoy $v (test/kube, test/image)"
+    ENVOY_BIN=$bin go test -tags e2e -count=1 -timeout 5m ./test/kube/... ./test/image/...
   done
   need_apt
   say "e2e once more on the shared backends: PostgreSQL store, Redis limiter (Envoy $ENVOY_NEW)"

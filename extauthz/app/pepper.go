@@ -102,10 +102,13 @@ func loadPeppers(cfg *config.Config, embedded, create bool, log *zap.Logger) (*a
 
 // warnOpenMode warns when a secret file may be read by group or others: a
 // pepper lets whoever holds it (and a copy of the digests) test guessed keys
-// offline. os.Stat follows symlinks, as in a Kubernetes secret volume.
+// offline. os.Stat follows symlinks, as in a Kubernetes secret volume. Mode
+// 0440 with a group keyauthz itself is in does not warn: that is how kubelet
+// mounts a secret with defaultMode 0400 under a pod fsGroup, the only way a
+// non-root container reads it (see k8sSecretMode).
 func warnOpenMode(log *zap.Logger, file, field string) {
 	fi, err := os.Stat(file)
-	if err != nil || fi.Mode().Perm()&0o077 == 0 {
+	if err != nil || fi.Mode().Perm()&0o077 == 0 || k8sSecretMode(fi) {
 		return
 	}
 	log.Warn("pepper file is accessible to group or others; make it readable by keyauthz only (chmod 600, or defaultMode: 0400 on a Kubernetes secret volume)",

@@ -184,19 +184,33 @@ func probes(t *testing.T, a *App) (func() healthpb.HealthCheckResponse_ServingSt
 
 // A pepper file others may read is named in a warning at start; a 0600 one is not.
 func TestPepperFileModeWarning(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("this test gives the pepper file a foreign group, which needs root (CI runs as root)")
+	}
+	const foreign = 54321 // a group this process is not in
 	for _, c := range []struct {
 		mode os.FileMode
+		gid  int // -1: the process's own group
 		warn bool
-	}{{0o600, false}, {0o400, false}, {0o640, true}, {0o644, true}} {
+	}{
+		{0o600, -1, false}, {0o400, -1, false},
+		{0o440, -1, false}, // a Kubernetes secret volume with defaultMode 0400 under an fsGroup keyauthz runs in
+		{0o640, -1, true}, {0o640, foreign, true}, {0o440, foreign, true}, {0o644, -1, true}, {0o444, -1, true}, {0o460, -1, true},
+	} {
 		cfg := config.Default()
 		p := writePepper(t, &cfg, c.mode)
+		if c.gid >= 0 {
+			if err := os.Chown(p, -1, c.gid); err != nil {
+				t.Fatal(err)
+			}
+		}
 		core, logs := observer.New(zapcore.WarnLevel)
 		if _, err := peppers(&cfg, false, zap.New(core)); err != nil {
 			t.Fatal(err)
 		}
 		got := logs.FilterField(zap.String("file", p)).Len()
 		if c.warn && got != 1 || !c.warn && logs.Len() != 0 {
-			t.Errorf("pepper mode %#o: %d warnings naming the file (%d in all), want warned=%v", c.mode, got, logs.Len(), c.warn)
+			t.Errorf("pepper mode %#o, group %d: %d warnings naming the file (%d in all), want warned=%v", c.mode, c.gid, got, logs.Len(), c.warn)
 		}
 	}
 }

@@ -245,7 +245,7 @@ func TestDockerignore(t *testing.T) {
 	}
 	for _, p := range []string{".venv/bin/python", ".git/HEAD", "keyauthz", "cmd/keyauthz/keyauthz",
 		"keyauthz.db", "keyauthz.db-wal", "keyauthz.db-shm", "keyauthz.pepper", "test/e2e/keyauthz.db",
-		"extauthz/app/keyauthz.pepper", "extauthz/app/app.test", "test/load/out/run.json"} {
+		"extauthz/app/keyauthz.pepper", "extauthz/app/app.test", "test/load/out/run.json", "admin.token", "config/admin.token"} {
 		if !ignored(p) {
 			t.Errorf(".dockerignore lets %s into the build context", p)
 		}

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
 	"github.com/keyauthz/keyauthz/test/testenv"
 )
 
@@ -43,4 +46,41 @@ func TestEnvoyConfigsValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// configMaps returns the data of every ConfigMap in the manifest file, by name.
+func configMaps(t *testing.T, file string) map[string]map[string]string {
+	t.Helper()
+	out := map[string]map[string]string{}
+	for _, d := range manifests(t) {
+		if d.File != file || d.Kind != "v1/ConfigMap" {
+			continue
+		}
+		var cm corev1.ConfigMap
+		if err := yaml.UnmarshalStrict(d.YAML, &cm); err != nil {
+			t.Fatal(err)
+		}
+		out[cm.Name] = cm.Data
+	}
+	return out
+}
+
+// envoyConfigs returns every envoy.yaml a ConfigMap of the manifests carries,
+// by "file ConfigMap-name".
+func envoyConfigs(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	seen := map[string]bool{}
+	for _, d := range manifests(t) {
+		if seen[d.File] {
+			continue
+		}
+		seen[d.File] = true
+		for name, data := range configMaps(t, d.File) {
+			if s, ok := data["envoy.yaml"]; ok {
+				out[d.File+" "+name] = s
+			}
+		}
+	}
+	return out
 }

@@ -598,7 +598,6 @@ func TestSidecarPod(t *testing.T) {
 	if err := p.procs["envoy"].Stop(15 * time.Second); err != nil {
 		t.Errorf("envoy: %v", err)
 	}
-	t.Logf("keyauthz log:\n%s", p.procs["keyauthz"].Tail(3000))
 	if strings.Contains(p.procs["keyauthz"].Output(), `"level":"error"`) {
 		t.Errorf("keyauthz logged errors:\n%s", p.procs["keyauthz"].Tail(4000))
 	}
