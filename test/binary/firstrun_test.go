@@ -1,6 +1,7 @@
 package binary
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,6 +35,29 @@ func dirEntries(t *testing.T, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
+}
+
+// serveExits runs `keyauthz serve args...` in dir, expecting it to exit within
+// 20 s; it returns stderr and the exit code (-1 when it had to be killed).
+func serveExits(t *testing.T, dir string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"serve"}, args...)...)
+	cmd.Dir = dir
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Errorf("serve %q still running after 20 s, want it to refuse to start:\n%s", args, errb.String())
+		return errb.String(), -1
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		return errb.String(), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return errb.String(), 0
 }
 
 // writeSecret writes a 0600 file holding s into dir and returns its path.
@@ -144,7 +169,13 @@ func TestUnknownPepperVersionRefused(t *testing.T) {
 		{"keys", "create", "--config", v2, "--workspace", "acme", "--name", "other"},
 		{"keys", "refresh", "--config", v2, "key_x"},
 	} {
-		_, errOut, code := cli(t, dir, args...)
+		var errOut string
+		var code int
+		if args[0] == "serve" {
+			errOut, code = serveExits(t, dir, args[1:]...)
+		} else {
+			_, errOut, code = cli(t, dir, args...)
+		}
 		for _, want := range []string{"pepper.versions", "version 1 (1 key)", "keyauthz.pepper", "is version 1"} {
 			if code != 1 || !strings.Contains(errOut, want) {
 				t.Errorf("%q: exit %d, stderr %q; want exit 1 naming %q", args[:1], code, errOut, want)
@@ -178,7 +209,13 @@ func TestLostPepperNotReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, args := range [][]string{{"serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, {"migrate"}} {
-		_, errOut, code := cli(t, dir, args...)
+		var errOut string
+		var code int
+		if args[0] == "serve" {
+			errOut, code = serveExits(t, dir, args[1:]...)
+		} else {
+			_, errOut, code = cli(t, dir, args...)
+		}
 		if code != 1 || !strings.Contains(errOut, "keyauthz.pepper is missing") || !strings.Contains(errOut, "1 live key") {
 			t.Errorf("%s without its pepper: exit %d, %q; want exit 1 saying the pepper is missing", args[0], code, errOut)
 		}
@@ -222,7 +259,7 @@ func TestServeCreatesNothingBeforeConfigValidates(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			_, errOut, code := cli(t, dir, append([]string{"serve"}, c.args(dir)...)...)
+			errOut, code := serveExits(t, dir, c.args(dir)...)
 			if code != 1 || !strings.Contains(errOut, c.want) {
 				t.Fatalf("exit %d, stderr %q; want exit 1 naming %s", code, errOut, c.want)
 			}
