@@ -88,31 +88,44 @@ type compact struct {
 	version                  int
 }
 
-// stamp is a time kept exactly for every instant a time.Time holds (every date
-// the admin API or a store accepts, years 1 to 9999 included): seconds since
-// time.Time's zero instant, January 1 of year 1 UTC, and nanoseconds. The zero
-// stamp is the zero Time (unset). Unix nanoseconds in an int64 would wrap after
-// 2262-04-11 and before 1677-09-21.
-type stamp struct {
-	sec  int64
-	nsec int32
-}
+// stamp is a time as microseconds since time.Time's zero instant, January 1
+// of year 1 UTC; 0 is the zero Time (unset). One int64 of microseconds is exact
+// for every microsecond of years 1 to 9999 and far beyond (to year 292,277),
+// and microseconds are what the SQL stores keep. Unix nanoseconds in an int64
+// would wrap after 2262-04-11. A sub-microsecond part (only a file store can
+// carry one) is rounded toward a deny: expiry and revocation down, not-before up.
+type stamp int64
 
 // zeroUnix is the Unix time, in seconds, of time.Time's zero instant.
 const zeroUnix = -62135596800
 
-func toStamp(t time.Time) stamp {
+// maxStampSec bounds the seconds a stamp holds (years past 292,277 saturate there).
+const maxStampSec = (1<<63 - 1) / 1_000_000
+
+// toStamp keeps t to the microsecond, rounding a finer part up when up is set.
+func toStamp(t time.Time, up bool) stamp {
 	if t.IsZero() {
-		return stamp{}
+		return 0
 	}
-	return stamp{sec: t.Unix() - zeroUnix, nsec: int32(t.Nanosecond())}
+	sec, ns := t.Unix()-zeroUnix, int64(t.Nanosecond())
+	switch {
+	case sec < 0: // before year 1: the earliest stamp
+		return 1
+	case sec >= maxStampSec:
+		return stamp(maxStampSec * 1e6)
+	}
+	us := sec*1e6 + ns/1e3
+	if up && ns%1e3 != 0 {
+		us++
+	}
+	return stamp(max(us, 1))
 }
 
 func (s stamp) time() time.Time {
-	if s == (stamp{}) {
+	if s == 0 {
 		return time.Time{}
 	}
-	return time.Unix(s.sec+zeroUnix, int64(s.nsec))
+	return time.Unix(int64(s)/1e6+zeroUnix, int64(s)%1e6*1e3)
 }
 
 func pack(k apikey.Key) compact {
@@ -121,8 +134,8 @@ func pack(k apikey.Key) compact {
 		g := k.Grants // only the slice header escapes, not k
 		grants = &g
 	}
-	return compact{id: k.ID, workspace: k.Workspace, grants: grants, expires: toStamp(k.ExpiresAt),
-		notBefore: toStamp(k.NotBefore), revd: toStamp(k.RevokedAt), rate: k.RateLimit, version: k.PepperVersion}
+	return compact{id: k.ID, workspace: k.Workspace, grants: grants, expires: toStamp(k.ExpiresAt, false),
+		notBefore: toStamp(k.NotBefore, true), revd: toStamp(k.RevokedAt, false), rate: k.RateLimit, version: k.PepperVersion}
 }
 
 func (c *compact) unpack() apikey.Key {

@@ -768,17 +768,20 @@ func TestConcurrentChurn(t *testing.T) {
 	}
 }
 
-// Every time a Key can hold comes back from a cache hit exactly as the store
-// gave it: far future (past 2262-04-11, where Unix nanoseconds wrap), far past
-// (before 1677-09-21), the Unix epoch itself, sub-second digits, and zero (unset).
+// Every time a Key can hold comes back from a cache hit as the store gave it:
+// exactly to the microsecond (the SQL stores' precision) — far future (past
+// 2262-04-11, where Unix nanoseconds wrap), far past (before 1677-09-21), the
+// Unix epoch itself, zero (unset) — and a finer part rounded toward a deny:
+// expiry and revocation down, not-before up.
 func TestCachedTimesExact(t *testing.T) {
 	times := map[string]time.Time{
 		"2262-04-12":           time.Date(2262, 4, 12, 0, 0, 0, 0, time.UTC),
 		"2300-01-01":           time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC),
 		"9999-12-31T23:59:59Z": time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
+		"last microsecond":     time.Date(9999, 12, 31, 23, 59, 59, 999_999_000, time.UTC),
 		"last nanosecond":      time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC),
 		"wrap edge":            time.Unix(0, 1<<63-1).Add(time.Nanosecond),
-		"year 1 plus 1ns":      time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC),
+		"year 1 plus 1µs":      time.Date(1, 1, 1, 0, 0, 0, 1000, time.UTC),
 		"1600":                 time.Date(1600, 6, 1, 12, 0, 0, 500, time.FixedZone("X", 3600)),
 		"unix epoch":           time.Unix(0, 0),
 		"now":                  time.Now(),
@@ -793,14 +796,23 @@ func TestCachedTimesExact(t *testing.T) {
 			s.mu.Lock()
 			s.keys[d.Sum] = want
 			s.mu.Unlock()
+			down := at.Truncate(time.Microsecond) // Truncate works on absolute time: exact for any year
+			up := down
+			if !down.Equal(at) {
+				up = down.Add(time.Microsecond)
+			}
 			for _, from := range []string{"store read", "cache hit"} {
 				k, err := lookup(c, d)
 				if err != nil {
 					t.Fatalf("%s: %v", from, err)
 				}
-				for field, got := range map[string]time.Time{"ExpiresAt": k.ExpiresAt, "NotBefore": k.NotBefore, "RevokedAt": k.RevokedAt} {
-					if !got.Equal(at) || got.IsZero() != at.IsZero() {
-						t.Errorf("%s: %s = %v, want %v", from, field, got, at)
+				for field, w := range map[string][2]time.Time{"ExpiresAt": {k.ExpiresAt, down}, "NotBefore": {k.NotBefore, up}, "RevokedAt": {k.RevokedAt, down}} {
+					got, wt := w[0], w[1]
+					if from == "store read" {
+						wt = at // the read itself hands back the store's Key
+					}
+					if !got.Equal(wt) || got.IsZero() != at.IsZero() {
+						t.Errorf("%s: %s = %v, want %v", from, field, got, wt)
 					}
 				}
 				wantReads(t, s, 1)
