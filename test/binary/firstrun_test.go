@@ -169,13 +169,7 @@ func TestUnknownPepperVersionRefused(t *testing.T) {
 		{"keys", "create", "--config", v2, "--workspace", "acme", "--name", "other"},
 		{"keys", "refresh", "--config", v2, "key_x"},
 	} {
-		var errOut string
-		var code int
-		if args[0] == "serve" {
-			errOut, code = serveExits(t, dir, args[1:]...)
-		} else {
-			_, errOut, code = cli(t, dir, args...)
-		}
+		errOut, code := refused(t, dir, args...)
 		for _, want := range []string{"pepper.versions", "version 1 (1 key)", "keyauthz.pepper", "is version 1"} {
 			if code != 1 || !strings.Contains(errOut, want) {
 				t.Errorf("%q: exit %d, stderr %q; want exit 1 naming %q", args[:1], code, errOut, want)
@@ -209,13 +203,7 @@ func TestLostPepperNotReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, args := range [][]string{{"serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, {"migrate"}} {
-		var errOut string
-		var code int
-		if args[0] == "serve" {
-			errOut, code = serveExits(t, dir, args[1:]...)
-		} else {
-			_, errOut, code = cli(t, dir, args...)
-		}
+		errOut, code := refused(t, dir, args...)
 		if code != 1 || !strings.Contains(errOut, "keyauthz.pepper is missing") || !strings.Contains(errOut, "1 live key") {
 			t.Errorf("%s without its pepper: exit %d, %q; want exit 1 saying the pepper is missing", args[0], code, errOut)
 		}
@@ -349,4 +337,15 @@ func TestExampleConfigServes(t *testing.T) {
 		t.Errorf("admin API with the example's token: %d, want 200", r.StatusCode)
 	}
 	s.stop(t)
+}
+
+// refused runs a command expected to stop at once, serve included (which
+// would otherwise keep running), and returns its stderr and exit code.
+func refused(t *testing.T, dir string, args ...string) (string, int) {
+	t.Helper()
+	if args[0] == "serve" {
+		return serveExits(t, dir, args[1:]...)
+	}
+	_, errOut, code := cli(t, dir, args...)
+	return errOut, code
 }
