@@ -426,6 +426,9 @@ const grpcWindow = 1 << 20
 func newGRPC(c *config.GRPC) (*grpc.Server, error) {
 	var opts []grpc.ServerOption
 	if c.Codec == config.CodecFast {
+		if err := fastgrpc.Supported(); err != nil {
+			return nil, &config.FieldError{Path: "grpc.codec", Msg: err.Error()}
+		}
 		opts = append(opts, fastgrpc.ServerOption())
 	}
 	opts = append(opts,

@@ -49,6 +49,7 @@ func openStoreAtStart(ctx context.Context, cfg *config.Config, log *zap.Logger) 
 	return nil, fmt.Errorf("open store %s: %w", config.RedactURL(cfg.Store.URL), err)
 }
 
+// isPostgresURL reports whether a store URL names PostgreSQL (openStore's test too).
 func isPostgresURL(u string) bool {
 	return strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://")
 }
@@ -115,6 +116,15 @@ func (p *pendingStore) get() (apikey.Store, error) {
 	return nil, errStoreStarting
 }
 
+// do runs f on the opened store, or answers errStoreStarting.
+func (p *pendingStore) do(f func(apikey.Store) error) error {
+	s, err := p.get()
+	if err != nil {
+		return err
+	}
+	return f(s)
+}
+
 // Close closes the store if it was opened; a later open is closed at once.
 func (p *pendingStore) Close() error {
 	p.mu.Lock()
@@ -167,19 +177,11 @@ func (p *pendingStore) Refresh(ctx context.Context, id string, d apikey.Digest, 
 }
 
 func (p *pendingStore) Delete(ctx context.Context, id, actor string) error {
-	s, err := p.get()
-	if err != nil {
-		return err
-	}
-	return s.Delete(ctx, id, actor)
+	return p.do(func(s apikey.Store) error { return s.Delete(ctx, id, actor) })
 }
 
 func (p *pendingStore) Rehash(ctx context.Context, old, d apikey.Digest) error {
-	s, err := p.get()
-	if err != nil {
-		return err
-	}
-	return s.Rehash(ctx, old, d)
+	return p.do(func(s apikey.Store) error { return s.Rehash(ctx, old, d) })
 }
 
 func (p *pendingStore) Changes(ctx context.Context, after int64, limit int) ([]apikey.Change, error) {
@@ -199,19 +201,11 @@ func (p *pendingStore) LastSeq(ctx context.Context) (int64, error) {
 }
 
 func (p *pendingStore) Touch(ctx context.Context, used map[string]time.Time) error {
-	s, err := p.get()
-	if err != nil {
-		return err
-	}
-	return s.Touch(ctx, used)
+	return p.do(func(s apikey.Store) error { return s.Touch(ctx, used) })
 }
 
 func (p *pendingStore) Audit(ctx context.Context, e apikey.Event) error {
-	s, err := p.get()
-	if err != nil {
-		return err
-	}
-	return s.Audit(ctx, e)
+	return p.do(func(s apikey.Store) error { return s.Audit(ctx, e) })
 }
 
 func (p *pendingStore) Events(ctx context.Context, workspace string, after int64, limit int) ([]apikey.Event, error) {
@@ -223,9 +217,5 @@ func (p *pendingStore) Events(ctx context.Context, workspace string, after int64
 }
 
 func (p *pendingStore) Ping(ctx context.Context) error {
-	s, err := p.get()
-	if err != nil {
-		return err
-	}
-	return s.Ping(ctx)
+	return p.do(func(s apikey.Store) error { return s.Ping(ctx) })
 }

@@ -59,7 +59,7 @@ func openStoreAs(ctx context.Context, cfg *config.Config, log *zap.Logger, exist
 			return nil, noStore(url, "the key file does not exist (keyauthz never writes it: see extauthz/store/file)")
 		}
 		return nonNil(file.Open(ctx, p, log))
-	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
+	case isPostgresURL(url):
 		url, err := withPassword(url, cfg.Store.Password)
 		if err != nil {
 			return nil, err

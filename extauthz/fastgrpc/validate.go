@@ -1,6 +1,7 @@
 package fastgrpc
 
 import (
+	"errors"
 	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -38,6 +39,20 @@ type vfield struct {
 // vmsg is what validation needs of one message type: its fields by number.
 type vmsg struct{ fields []vfield }
 
+// unsupported is the first CheckRequest field the validation cannot check
+// like proto.Unmarshal does; empty when every field is handled.
+var unsupported protoreflect.FullName
+
+// Supported reports whether this go-control-plane's CheckRequest is one the
+// fast decoder validates exactly as the standard codec; the error names the
+// first field it cannot, and the server must then use the standard codec.
+func Supported() error {
+	if unsupported != "" {
+		return errors.New("fastgrpc: the fast codec does not validate CheckRequest field " + string(unsupported) + "; use the standard codec")
+	}
+	return nil
+}
+
 // checkRequestSchema is the validation schema of envoy.service.auth.v3.CheckRequest,
 // built from the generated descriptors.
 var checkRequestSchema = schemaOf((&authv3.CheckRequest{}).ProtoReflect().Descriptor(), map[protoreflect.FullName]*vmsg{})
@@ -69,8 +84,11 @@ func schemaOf(md protoreflect.MessageDescriptor, seen map[protoreflect.FullName]
 		case fd.Kind() == protoreflect.GroupKind, fd.IsList() && fd.Kind() != protoreflect.BytesKind && fd.Kind() != protoreflect.StringKind,
 			fd.Syntax() == protoreflect.Editions:
 			// Groups, packed scalars and editions features are not in CheckRequest
-			// today; a go-control-plane update that brings them fails here, loudly.
-			panic("fastgrpc: validation does not handle field " + string(fd.FullName()))
+			// today; a go-control-plane update that brings them makes Supported
+			// fail, so keyauthz refuses codec: fast instead of diverging from proto.
+			if unsupported == "" {
+				unsupported = fd.FullName()
+			}
 		}
 		m.fields[fd.Number()] = f
 	}

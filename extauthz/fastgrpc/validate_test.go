@@ -78,3 +78,11 @@ func TestValidDepth(t *testing.T) {
 		}
 	}
 }
+
+// Every field of this go-control-plane's CheckRequest is one the fast decoder
+// validates as proto.Unmarshal does; an upgrade that adds one it cannot fails here.
+func TestSchemaSupported(t *testing.T) {
+	if err := Supported(); err != nil {
+		t.Fatal(err)
+	}
+}
