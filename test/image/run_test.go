@@ -29,7 +29,7 @@ type container struct {
 	root    string
 	workdir string // root + WORKDIR
 	argv    []string
-	cred    *syscall.Credential // nil when not run as root: the user cannot be switched
+	cred    *syscall.Credential // the image's user
 }
 
 // reproduce lays out the image under a fresh root. ownedState false leaves the
@@ -50,16 +50,15 @@ func reproduce(t *testing.T, im image, ownedState bool) *container {
 	if err := os.MkdirAll(c.workdir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if os.Geteuid() == 0 {
-		if ownedState {
-			if err := os.Chown(c.workdir, im.UID, im.GID); err != nil {
-				t.Fatal(err)
-			}
-		}
-		c.cred = &syscall.Credential{Uid: uint32(im.UID), Gid: uint32(im.GID), Groups: []uint32{uint32(im.GID)}}
-	} else {
-		t.Logf("not root: running as uid %d, not the image's %d (ownership is not reproduced)", os.Geteuid(), im.UID)
+	if os.Geteuid() != 0 {
+		t.Fatalf("running as the image's user %d needs root (CI runs as root)", im.UID)
 	}
+	if ownedState {
+		if err := os.Chown(c.workdir, im.UID, im.GID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.cred = &syscall.Credential{Uid: uint32(im.UID), Gid: uint32(im.GID), Groups: []uint32{uint32(im.GID)}}
 	c.argv = append(append([]string{bin}, im.Entrypoint[1:]...), im.Cmd...)
 	return c
 }
@@ -131,7 +130,7 @@ func TestImageDefaultCommandServes(t *testing.T) {
 			t.Errorf("%s in WORKDIR: %v", f, err)
 			continue
 		}
-		if st := fi.Sys().(*syscall.Stat_t); c.cred != nil && int(st.Uid) != im.UID {
+		if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != im.UID {
 			t.Errorf("%s is owned by uid %d, want %d", f, st.Uid, im.UID)
 		}
 		if f == "keyauthz.pepper" && fi.Mode().Perm() != 0o600 {
@@ -147,9 +146,6 @@ func TestImageDefaultCommandServes(t *testing.T) {
 // WORKDIR left to root (the image before the fix), the same command fails
 // with the error a user of that image saw.
 func TestImageRootOwnedWorkdirFails(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root to run as the image's user (CI runs as root)")
-	}
 	_, im := readImage(t)
 	c := reproduce(t, im, false)
 	_, argv := rewritePorts(t, c.argv, im.Expose)
