@@ -33,6 +33,7 @@ type Config struct {
 	Ownership  Ownership            `yaml:"ownership"`
 	Workspaces map[string]Workspace `yaml:"workspaces"`
 	Admin      Admin                `yaml:"admin"`
+	Usage      Usage                `yaml:"usage"`
 	Log        Log                  `yaml:"log"`
 	Runtime    Runtime              `yaml:"runtime"`
 }
@@ -88,7 +89,7 @@ type Store struct {
 	MaxStaleness     time.Duration `yaml:"max_staleness"`     // how long cached keys serve during a store outage
 	Timeout          time.Duration `yaml:"timeout"`           // per store call on the Check path
 	MaxConns         int32         `yaml:"max_conns"`         // postgres pool size
-	TouchInterval    time.Duration `yaml:"touch_interval"`    // last_used_at flush period
+	TouchInterval    time.Duration `yaml:"touch_interval"`    // older spelling of usage.flush_interval (0 = unset)
 	StatementTimeout time.Duration `yaml:"statement_timeout"` // postgres statement_timeout
 	// MigrateLockTimeout bounds how long a starting replica waits for the
 	// schema migration lock another replica holds (postgres).
@@ -125,7 +126,17 @@ type Headers struct {
 	Bearer    bool     `yaml:"bearer"`    // also read Authorization: Bearer
 	KeyID     string   `yaml:"key_id"`    // upstream header with the key id
 	Workspace string   `yaml:"workspace"` // upstream header with the workspace
+	// Metadata names the key metadata fields forwarded upstream, each as the
+	// header MetaPrefix+field (lower-case) and in the dynamic metadata; a
+	// client's own copy of such a header is removed. Off (none) by default.
+	Metadata []string `yaml:"metadata"`
 }
+
+// MetaPrefix starts the upstream header of a forwarded metadata field.
+const MetaPrefix = "x-keyauthz-meta-"
+
+// MaxMetaHeaders is the most metadata fields headers.metadata may forward.
+const MaxMetaHeaders = 16
 
 // Response shapes deny bodies and rate-limit headers.
 type Response struct {
@@ -165,8 +176,12 @@ type Redis struct {
 
 // Ownership says how a request names the resource it targets.
 type Ownership struct {
-	// PathTemplates are path prefixes with one {resource} segment,
-	// e.g. "/organizations/{resource}"; the first that matches wins.
+	// PathTemplates are path prefixes with one or more capture segments,
+	// from the top level of the resource hierarchy down, e.g.
+	// "/organizations/{resource}" or
+	// "/organizations/{organization}/projects/{project}/containers/{container_group}";
+	// a request's resource path is the captured values joined by '/' as far
+	// as the path goes. The first template that matches wins.
 	PathTemplates []string `yaml:"path_templates"`
 }
 
@@ -187,7 +202,22 @@ type Admin struct {
 type Token struct {
 	Name   string `yaml:"name"`
 	Secret `yaml:",inline"`
+	// Workspaces, when set, limits the token to these workspaces (403
+	// elsewhere; lists show only these). Unset: every workspace.
+	Workspaces []string `yaml:"workspaces"`
 }
+
+// Usage sets how per-key usage counts are kept.
+type Usage struct {
+	// FlushInterval is how often each replica writes the counts and last-use
+	// times it summed in memory (default 60s; store.touch_interval is its older name).
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	// Retention is how long hourly buckets are kept (default 840h, 35 days).
+	Retention time.Duration `yaml:"retention"`
+}
+
+// MinRetention is the shortest usage.retention accepted.
+const MinRetention = 35 * 24 * time.Hour
 
 // Log configures zap.
 type Log struct {
@@ -241,7 +271,7 @@ func Default() Config {
 		GRPC: GRPC{Listen: "127.0.0.1:9001", DrainTimeout: 10 * time.Second, KeepaliveTime: time.Minute, Codec: CodecFast,
 			MaxStreams: 1024, RequestTimeout: 10 * time.Second, MaxConns: 4096},
 		HTTP:  HTTP{Listen: "127.0.0.1:9002", ReadTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, MaxConns: 256},
-		Store: Store{URL: "sqlite://./keyauthz.db", FollowInterval: 500 * time.Millisecond, MaxStaleness: 5 * time.Minute, Timeout: 250 * time.Millisecond, MaxConns: 8, TouchInterval: time.Minute, StatementTimeout: 2 * time.Second, MigrateLockTimeout: time.Minute},
+		Store: Store{URL: "sqlite://./keyauthz.db", FollowInterval: 500 * time.Millisecond, MaxStaleness: 5 * time.Minute, Timeout: 250 * time.Millisecond, MaxConns: 8, StatementTimeout: 2 * time.Second, MigrateLockTimeout: time.Minute},
 		Keys:  Keys{Prefix: apikey.DefaultPrefix, MaxLength: apikey.DefaultMaxLen, MaxPerWorkspace: 10},
 		Headers: Headers{
 			APIKey:    []string{"x-api-key", "salad-api-key"},
@@ -252,6 +282,7 @@ func Default() Config {
 		Cache:     Cache{Size: 100_000, TTL: 5 * time.Minute, NegativeSize: 100_000, NegativeTTL: 30 * time.Second},
 		RateLimit: RateLimit{Backend: BackendLocal, Default: apikey.Rate{N: 240, Per: time.Minute}, OnError: OnErrorDeny, Timeout: 20 * time.Millisecond},
 		Admin:     Admin{MaxBody: 64 << 10},
+		Usage:     Usage{FlushInterval: time.Minute, Retention: MinRetention},
 		Log:       Log{Level: "info"},
 		Runtime:   Runtime{GCPercent: 100, MemoryLimit: MemoryLimitAuto, MemoryLimitRatio: 0.9},
 	}
@@ -282,6 +313,9 @@ func Parse(b []byte) (Config, error) {
 	}
 	c.Headers.KeyID = strings.ToLower(c.Headers.KeyID)
 	c.Headers.Workspace = strings.ToLower(c.Headers.Workspace)
+	if c.Store.TouchInterval != 0 && c.Usage.FlushInterval == time.Minute { // the older spelling
+		c.Usage.FlushInterval = c.Store.TouchInterval
+	}
 	if r := &c.RateLimit.Redis; r.Password.IsZero() && (r.PasswordFile == "") != (r.PasswordEnv == "") {
 		r.Password = Secret{File: r.PasswordFile, Env: r.PasswordEnv} // the older spelling
 		r.PasswordFile, r.PasswordEnv = "", ""

@@ -58,6 +58,7 @@ func (c *Config) Validate() error {
 	c.Ownership.validate(&p)
 	validateWorkspaces(c.Workspaces, &p)
 	c.Admin.validate(&p)
+	c.Usage.validate(&p)
 	c.Log.validate(&p)
 	c.Runtime.validate(&p)
 	return errors.Join(p...)
@@ -120,7 +121,7 @@ func (s *Store) validate(p *problems) {
 	}
 	p.positive(map[string]time.Duration{
 		"store.follow_interval": s.FollowInterval, "store.timeout": s.Timeout,
-		"store.touch_interval": s.TouchInterval, "store.max_staleness": s.MaxStaleness,
+		"store.max_staleness":        s.MaxStaleness,
 		"store.migrate_lock_timeout": s.MigrateLockTimeout,
 	})
 	p.err(s.Password.check("store.password", true))
@@ -171,6 +172,19 @@ func (h *Headers) validate(p *problems) {
 	}
 	if !validHeader(h.KeyID) {
 		p.add("headers.key_id", "%q is not a valid header name", h.KeyID)
+	}
+	if len(h.Metadata) > MaxMetaHeaders {
+		p.add("headers.metadata", "at most %d fields", MaxMetaHeaders)
+	}
+	seen := map[string]bool{}
+	for i, f := range h.Metadata {
+		if !validMetaField(f) {
+			p.add(fmt.Sprintf("headers.metadata[%d]", i), "must be 1-64 ASCII letters, digits, '-' or '_', starting with a letter or digit")
+		} else if lf := strings.ToLower(f); seen[lf] {
+			p.add(fmt.Sprintf("headers.metadata[%d]", i), "%q appears twice (header names ignore case)", f)
+		} else {
+			seen[lf] = true
+		}
 	}
 	if !validHeader(h.Workspace) {
 		p.add("headers.workspace", "%q is not a valid header name", h.Workspace)
@@ -253,9 +267,26 @@ func (a *Admin) validate(p *problems) {
 		}
 		names[t.Name] = true
 		p.err(t.check(path, false))
+		if t.Workspaces != nil && len(t.Workspaces) == 0 {
+			p.add(path+".workspaces", "name at least one workspace, or leave the field out for every workspace")
+		}
+		for j, ws := range t.Workspaces {
+			if !apikey.ValidName(ws) {
+				p.add(fmt.Sprintf("%s.workspaces[%d]", path, j), "%s", apikey.IDRule)
+			}
+		}
 	}
 	if a.MaxBody <= 0 {
 		p.add("admin.max_body", "must be positive")
+	}
+}
+
+func (u *Usage) validate(p *problems) {
+	if u.FlushInterval < time.Second || u.FlushInterval > time.Hour {
+		p.add("usage.flush_interval", "must be between 1s and 1h")
+	}
+	if u.Retention < MinRetention {
+		p.add("usage.retention", "must be at least %v (35 days)", MinRetention)
 	}
 }
 
@@ -319,13 +350,52 @@ func checkTemplate(t string) error {
 	if !strings.HasPrefix(t, "/") {
 		return fmt.Errorf("%q: must start with /", t)
 	}
-	if strings.Count(t, "{resource}") != 1 {
-		return fmt.Errorf("%q: must hold exactly one {resource} segment", t)
-	}
+	names := map[string]bool{}
 	for _, seg := range strings.Split(t[1:], "/") {
-		if strings.ContainsAny(seg, "{}") && seg != "{resource}" {
-			return fmt.Errorf("%q: segment %q: only {resource} may be a capture", t, seg)
+		name, ok := Capture(seg)
+		switch {
+		case ok && names[name]:
+			return fmt.Errorf("%q: capture {%s} appears twice", t, name)
+		case ok:
+			names[name] = true
+		case strings.ContainsAny(seg, "{}"):
+			return fmt.Errorf("%q: segment %q: a capture is a whole segment {name} (letters, digits, '_')", t, seg)
 		}
 	}
+	switch {
+	case len(names) == 0:
+		return fmt.Errorf("%q: must hold at least one capture segment such as {resource}", t)
+	case len(names) > apikey.MaxLevels:
+		return fmt.Errorf("%q: at most %d capture segments", t, apikey.MaxLevels)
+	}
 	return nil
+}
+
+// Capture returns the name of a path template's capture segment ("{project}"
+// → "project") and whether seg is one.
+func Capture(seg string) (string, bool) {
+	name, ok := strings.CutPrefix(seg, "{")
+	if name, ok = strings.CutSuffix(name, "}"); !ok || name == "" {
+		return "", false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return "", false
+		}
+	}
+	return name, true
+}
+
+// validMetaField reports whether f can be a forwarded metadata field (and so part of a header name).
+func validMetaField(f string) bool {
+	if f == "" || len(f) > 64 {
+		return false
+	}
+	for i := 0; i < len(f); i++ {
+		c := f[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || i > 0 && (c == '-' || c == '_')) {
+			return false
+		}
+	}
+	return true
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -37,16 +38,25 @@ type Options struct {
 	Bearer          bool                   // also read Authorization: Bearer
 	KeyIDHeader     string                 // upstream identity header for the key id
 	WorkspaceHeader string                 // upstream identity header for the workspace
-	Templates       []string               // ownership path templates with one {resource}
-	DefaultRate     apikey.Rate            // rate when neither key nor workspace sets one
-	WorkspaceRate   map[string]apikey.Rate // per-workspace rate overrides
+	Templates       []string               // ownership path templates with one or more {name} captures
+	DefaultRate     apikey.Rate            // rate when neither the key, its workspace record nor WorkspaceRate sets one
+	WorkspaceRate   map[string]apikey.Rate // per-workspace rate overrides (config), under the workspace record's
 	Body            config.Body            // deny body shape
 	Realm           string                 // WWW-Authenticate realm
 	RateHeaders     config.RateHeaders     // rate-limit header style
 	Reset           config.Reset           // X-RateLimit-Reset as seconds or a Unix time
 	Now             func() time.Time       // clock; time.Now when nil
-	// Used is called for every allowed request (usage tracking); it must not block.
-	Used func(keyID string, at time.Time)
+	// Used is called for every allowed request and every deny of a known key
+	// (rate limited, forbidden, disabled, expired, revoked, not yet valid,
+	// limiter unavailable) with its outcome (usage counts); it must not block
+	// nor allocate.
+	Used func(keyID string, at time.Time, o apikey.Outcome)
+	// Metadata names the key metadata fields forwarded upstream on allow
+	// (config headers.metadata): each as the header config.MetaPrefix+lower(field),
+	// made header-safe, overwriting the client's, and in the dynamic metadata
+	// under MetadataFields; the client's copy of the header of a field the key
+	// lacks is removed. Nil: none, at no cost.
+	Metadata []string
 	// RevokedUse is called when a revoked key is presented; it must not block.
 	RevokedUse func(k *apikey.Key)
 	// Rehash is called when a key matched under an older pepper version; it must not
@@ -64,7 +74,9 @@ type Service struct {
 	limiter Limiter
 	opt     Options
 	tmpl    []template
-	remove  []string
+	remove  []string    // request headers removed upstream: the API-key headers
+	meta    []metaField // Options.Metadata
+	noMeta  []string    // remove and every metadata header: for a key with none of the fields
 	resp    responses
 	metrics *Metrics
 	log     *zap.Logger
@@ -92,6 +104,10 @@ func New(f *apikey.Format, h *apikey.Hasher, keys Keys, lim Limiter, m *Metrics,
 	case opt.Realm == "":
 		return nil, errors.New("extauthz: realm is required")
 	}
+	meta, err := metaFields(opt.Metadata)
+	if err != nil {
+		return nil, err
+	}
 	if err := errors.Join(opt.Body.Check(), opt.RateHeaders.Check(), opt.Reset.Check()); err != nil {
 		return nil, fmt.Errorf("extauthz: %w", err)
 	}
@@ -107,6 +123,13 @@ func New(f *apikey.Format, h *apikey.Hasher, keys Keys, lim Limiter, m *Metrics,
 	s.remove = append(s.remove, opt.Headers...)
 	if opt.Bearer {
 		s.remove = append(s.remove, "authorization")
+	}
+	s.meta = meta
+	if len(meta) > 0 {
+		s.noMeta = slices.Clip(slices.Clone(s.remove))
+		for _, f := range meta {
+			s.noMeta = append(s.noMeta, f.header)
+		}
 	}
 	s.resp = newResponses(opt.Body == config.BodyProblem, opt.Realm)
 	return s, nil
@@ -200,10 +223,14 @@ func (s *Service) decide(ctx context.Context, req *Request, a *Answer, start tim
 			rk := k // a copy, so k itself stays on the stack on the hot path
 			s.opt.RevokedUse(&rk)
 		}
-		s.metrics.deny(validReason(err))
+		reason, o := validReason(err)
+		s.used(k.ID, now, o)
+		s.metrics.deny(reason)
 		return s.resp.unauthorized, nil
 	}
-	if r := resource(req.Path, req.ext, s.tmpl); r != "" && !k.Owns(r) {
+	var scratch [128]byte // a resource path joined from several captures
+	if r := resource(req.Path, req.ext, s.tmpl, scratch[:0]); r != "" && !k.Owns(r) {
+		s.used(k.ID, now, apikey.OutcomeForbidden)
 		s.metrics.deny(reasonForbidden)
 		return s.resp.forbidden, nil
 	}
@@ -223,19 +250,26 @@ func (s *Service) decide(ctx context.Context, req *Request, a *Answer, start tim
 		}
 		s.metrics.limiterError()
 		if !d.Allowed { // on_error: deny. An outage, not a limit: 503, never 429.
+			s.used(k.ID, now, apikey.OutcomeUnavailable)
 			s.metrics.deny(reasonLimiterDown)
 			return s.resp.unavailable, nil
 		}
 	}
 	if !d.Allowed {
+		s.used(k.ID, now, apikey.OutcomeRateLimited)
 		s.metrics.deny(reasonLimited)
 		return s.resp.limited(d, now, s.opt.RateHeaders, s.opt.Reset), nil
 	}
-	if s.opt.Used != nil {
-		s.opt.Used(k.ID, now)
-	}
+	s.used(k.ID, now, apikey.OutcomeAllowed)
 	s.metrics.allow()
-	return a.fill(s, k.ID, k.Workspace, a.rate.build(d, now, s.opt.RateHeaders, s.opt.Reset)), nil
+	return a.fill(s, &k, a.rate.build(d, now, s.opt.RateHeaders, s.opt.Reset)), nil
+}
+
+// used reports a decision about a known key to Options.Used.
+func (s *Service) used(id string, at time.Time, o apikey.Outcome) {
+	if s.opt.Used != nil {
+		s.opt.Used(id, at, o)
+	}
 }
 
 // lookup hashes the key under the current pepper, then under older versions.
@@ -275,9 +309,14 @@ func (s *Service) lookup(ctx context.Context, key string) (apikey.Key, error) {
 	return k, err
 }
 
+// rate is the key's rate: its own, else its workspace record's, else the
+// config's for its workspace, else the default.
 func (s *Service) rate(k *apikey.Key) apikey.Rate {
 	if !k.RateLimit.IsZero() {
 		return k.RateLimit
+	}
+	if !k.Space.RateLimit.IsZero() {
+		return k.Space.RateLimit
 	}
 	if r, ok := s.opt.WorkspaceRate[k.Workspace]; ok && !r.IsZero() {
 		return r

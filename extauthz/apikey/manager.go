@@ -50,22 +50,41 @@ func (s *Spec) Validate(now time.Time) error {
 		return &FieldError{"not_before", "must be before expires_at"}
 	case s.RateLimit.Check() != nil:
 		return &FieldError{"rate_limit", RateRule}
-	case len(s.Grants) > MaxGrants:
-		return &FieldError{"grants", fmt.Sprintf("at most %d entries", MaxGrants)}
-	case len(s.Metadata) > MaxMetadata:
+	}
+	if err := CheckGrants("grants", s.Grants); err != nil {
+		return err
+	}
+	return checkMetadata(s.Metadata)
+}
+
+// checkMetadata returns a *FieldError naming "metadata" unless m is within the bounds.
+func checkMetadata(m map[string]string) error {
+	if len(m) > MaxMetadata {
 		return &FieldError{"metadata", fmt.Sprintf("at most %d entries", MaxMetadata)}
 	}
-	for i, g := range s.Grants {
-		if !ValidName(g) { // the entry is not echoed: it could be a pasted secret
-			return &FieldError{"grants", fmt.Sprintf("entry %d: %s", i, IDRule)}
-		}
-	}
-	for k, v := range s.Metadata {
+	for k, v := range m {
 		if k == "" || len(k) > MaxMetaField || len(v) > MaxMetaField {
 			return &FieldError{"metadata", fmt.Sprintf("keys must be non-empty; keys and values at most %d bytes", MaxMetaField)}
 		}
 	}
 	return nil
+}
+
+// MaxKeysLimit is the largest max_keys a workspace record may set.
+const MaxKeysLimit = 1_000_000
+
+// Validate checks a workspace record; errors are *FieldError.
+func (w *Workspace) Validate() error {
+	if err := CheckWorkspace(w.ID); err != nil {
+		return err
+	}
+	switch {
+	case !w.RateLimit.IsZero() && w.RateLimit.Check() != nil:
+		return &FieldError{"rate_limit", RateRule}
+	case w.MaxKeys < 0 || w.MaxKeys > MaxKeysLimit:
+		return &FieldError{"max_keys", fmt.Sprintf("must be between 1 and %d (0 or absent: inherit)", MaxKeysLimit)}
+	}
+	return CheckGrants("grants", w.Grants)
 }
 
 // Manager runs the key lifecycle (create, refresh, delete) over a Store; the
@@ -146,4 +165,68 @@ func (m *Manager) Refresh(ctx context.Context, id string, grace time.Duration, a
 // Delete revokes a key at once.
 func (m *Manager) Delete(ctx context.Context, id, actor string) error {
 	return m.store.Delete(ctx, id, actor)
+}
+
+// Update applies p to the key id after checking it at the manager's now; errors are *FieldError or the store's.
+func (m *Manager) Update(ctx context.Context, id string, p KeyPatch, actor string) (Key, error) {
+	now := m.now().UTC()
+	switch {
+	case p.Name != nil && CheckKeyName(*p.Name) != nil:
+		return Key{}, CheckKeyName(*p.Name)
+	case p.RateLimit != nil && !p.RateLimit.IsZero() && p.RateLimit.Check() != nil:
+		return Key{}, &FieldError{"rate_limit", RateRule}
+	case p.ExpiresAt != nil && !p.ExpiresAt.IsZero() && !p.ExpiresAt.After(now):
+		return Key{}, &FieldError{"expires_at", "must be in the future"}
+	}
+	if p.Grants != nil {
+		if err := CheckGrants("grants", *p.Grants); err != nil {
+			return Key{}, err
+		}
+	}
+	if p.Metadata != nil {
+		if err := checkMetadata(*p.Metadata); err != nil {
+			return Key{}, err
+		}
+	}
+	if f := m.format.patchKeyField(&p); f != "" {
+		return Key{}, &FieldError{f, "must not hold an API key"}
+	}
+	return m.store.Update(ctx, id, p, actor)
+}
+
+// PutWorkspace creates or replaces a workspace record after checking it.
+func (m *Manager) PutWorkspace(ctx context.Context, w Workspace, actor string) (Workspace, bool, error) {
+	if err := w.Validate(); err != nil {
+		return Workspace{}, false, err
+	}
+	if m.format.grantsHoldKey(w.Grants) {
+		return Workspace{}, false, &FieldError{"grants", "must not hold an API key"}
+	}
+	return m.store.PutWorkspace(ctx, w, actor)
+}
+
+// PatchWorkspace applies p to a workspace record after checking the result.
+func (m *Manager) PatchWorkspace(ctx context.Context, id string, p WorkspacePatch, actor string) (Workspace, error) {
+	w := Workspace{ID: id}
+	p.Apply(&w) // only the patched fields are checked: the stored ones passed before
+	if err := w.Validate(); err != nil {
+		return Workspace{}, err
+	}
+	if m.format.grantsHoldKey(w.Grants) {
+		return Workspace{}, &FieldError{"grants", "must not hold an API key"}
+	}
+	return m.store.PatchWorkspace(ctx, id, p, actor)
+}
+
+// MaxKeys returns the most live keys workspace ws may hold (0 = unbounded):
+// its record's max_keys when set, else the configured limit.
+func (m *Manager) MaxKeys(ctx context.Context, ws string) (int, error) {
+	w, err := m.store.GetWorkspace(ctx, ws)
+	switch {
+	case err == nil && w.MaxKeys > 0:
+		return w.MaxKeys, nil
+	case err == nil || errors.Is(err, ErrNotFound):
+		return m.max(ws), nil
+	}
+	return 0, err
 }

@@ -31,6 +31,42 @@ func ValidName(s string) bool {
 
 func alnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
 
+// MaxLevels is the most levels a resource path (a grant) may have.
+const MaxLevels = 8
+
+// GrantRule describes, for error messages and documentation, what ValidGrant accepts.
+const GrantRule = "must be a resource path of 1-8 ids joined by '/' (e.g. acme or acme/web), each id " + IDRule
+
+// ValidGrant reports whether s is a usable grant: a resource path of 1 to
+// MaxLevels ids (ValidName each) joined by '/', from the top level down, e.g.
+// "acme" (an organization) or "acme/web" (project web of organization acme).
+func ValidGrant(s string) bool {
+	for n := 1; ; n++ {
+		i := strings.IndexByte(s, '/')
+		if i < 0 {
+			return ValidName(s)
+		}
+		if n == MaxLevels || !ValidName(s[:i]) {
+			return false
+		}
+		s = s[i+1:]
+	}
+}
+
+// CheckGrants returns a *FieldError naming field unless gs holds at most
+// MaxGrants entries, each ValidGrant. Entries are not echoed: one could be a pasted secret.
+func CheckGrants(field string, gs []string) error {
+	if len(gs) > MaxGrants {
+		return &FieldError{field, fmt.Sprintf("at most %d entries", MaxGrants)}
+	}
+	for i, g := range gs {
+		if !ValidGrant(g) {
+			return &FieldError{field, fmt.Sprintf("entry %d: %s", i, GrantRule)}
+		}
+	}
+	return nil
+}
+
 // CheckWorkspace returns a *FieldError naming "workspace" (never echoing ws) unless
 // ValidName(ws).
 func CheckWorkspace(ws string) error {
@@ -105,15 +141,42 @@ func (f *Format) keyField(spec *Spec) string {
 	case f.HoldsKey(spec.Name):
 		return "name"
 	}
-	for _, g := range spec.Grants {
-		if f.HoldsKey(g) {
-			return "grants"
-		}
+	if f.grantsHoldKey(spec.Grants) {
+		return "grants"
 	}
-	for k, v := range spec.Metadata {
-		if f.HoldsKey(k) || f.HoldsKey(v) {
-			return "metadata"
-		}
+	if f.metadataHoldsKey(spec.Metadata) {
+		return "metadata"
 	}
 	return ""
+}
+
+// patchKeyField is keyField for a key update.
+func (f *Format) patchKeyField(p *KeyPatch) string {
+	switch {
+	case p.Name != nil && f.HoldsKey(*p.Name):
+		return "name"
+	case p.Grants != nil && f.grantsHoldKey(*p.Grants):
+		return "grants"
+	case p.Metadata != nil && f.metadataHoldsKey(*p.Metadata):
+		return "metadata"
+	}
+	return ""
+}
+
+func (f *Format) grantsHoldKey(gs []string) bool {
+	for _, g := range gs {
+		if f.HoldsKey(g) {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *Format) metadataHoldsKey(m map[string]string) bool {
+	for k, v := range m {
+		if f.HoldsKey(k) || f.HoldsKey(v) {
+			return true
+		}
+	}
+	return false
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/keyauthz/keyauthz/extauthz/keycache"
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
 	"github.com/keyauthz/keyauthz/extauthz/store/postgres"
+	"github.com/keyauthz/keyauthz/extauthz/ui"
 	"github.com/keyauthz/keyauthz/extauthz/usage"
 )
 
@@ -151,7 +152,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	a.cache, err = keycache.New(cacheSource(a.store), keycache.Options{
 		Size: cfg.Cache.Size, TTL: cfg.Cache.TTL, NegativeSize: cfg.Cache.NegativeSize,
 		NegativeTTL: cfg.Cache.NegativeTTL, MaxStaleness: cfg.Store.MaxStaleness, ReadTimeout: cfg.Store.Timeout,
-		ObserveRead: lat.storeRead,
+		ObserveRead: lat.storeRead, Metadata: cfg.Headers.Metadata,
 	}, log.Named("cache"))
 	if err != nil {
 		return nil, err
@@ -177,7 +178,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		return nil, err
 	}
 	a.bg = newBackground(a.store, a.cache, a.hasher, log.Named("bg"))
-	if a.usage, err = usage.New(a.store, cfg.Store.TouchInterval, log.Named("usage")); err != nil {
+	if a.usage, err = usage.New(a.store, cfg.Usage.FlushInterval, cfg.Usage.Retention, log.Named("usage")); err != nil {
 		return nil, err
 	}
 	if err = registerUsageMetrics(a.reg, a.usage); err != nil {
@@ -203,7 +204,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		KeyIDHeader: cfg.Headers.KeyID, WorkspaceHeader: cfg.Headers.Workspace,
 		Templates: cfg.Ownership.PathTemplates, DefaultRate: cfg.RateLimit.Default, WorkspaceRate: wsRate,
 		Body: cfg.Response.Body, Realm: cfg.Response.Realm, RateHeaders: cfg.Response.RateHeaders, Reset: cfg.Response.Reset,
-		RevokedUse: a.bg.revokedUse, Rehash: a.bg.rehash, Used: a.usage.Used,
+		RevokedUse: a.bg.revokedUse, Rehash: a.bg.rehash, Used: a.usage.Used, Metadata: cfg.Headers.Metadata,
 	}, log.Named("check"))
 	if err != nil {
 		return nil, err
@@ -405,6 +406,12 @@ func (a *App) routes() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	if a.admin != nil {
 		mux.Handle("/v1/", a.admin)
+		// The API Access page (extauthz/ui), served only with the admin API it uses.
+		if page, err := ui.New(a.log.Named("ui")); err != nil {
+			a.log.Error("api access page off", zap.Error(err))
+		} else {
+			mux.Handle(ui.Prefix, page)
+		}
 	} else {
 		mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusNotFound, map[string]string{"code": "admin_off", "field": "admin.tokens", "message": adminOff})

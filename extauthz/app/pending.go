@@ -136,44 +136,42 @@ func (p *pendingStore) Close() error {
 	return nil
 }
 
-func (p *pendingStore) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
+// via runs f on the opened store, or returns the opening error.
+func via[T any](p *pendingStore, f func(apikey.Store) (T, error)) (T, error) {
 	s, err := p.get()
 	if err != nil {
-		return apikey.Key{}, err
+		var zero T
+		return zero, err
 	}
-	return s.Lookup(ctx, d)
+	return f(s)
+}
+
+func (p *pendingStore) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
+	return via(p, func(s apikey.Store) (apikey.Key, error) { return s.Lookup(ctx, d) })
 }
 
 func (p *pendingStore) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error) {
-	s, err := p.get()
-	if err != nil {
-		return apikey.Key{}, err
-	}
-	return s.Create(ctx, nk)
+	return via(p, func(s apikey.Store) (apikey.Key, error) { return s.Create(ctx, nk) })
 }
 
 func (p *pendingStore) Get(ctx context.Context, id string) (apikey.Key, error) {
-	s, err := p.get()
-	if err != nil {
-		return apikey.Key{}, err
-	}
-	return s.Get(ctx, id)
+	return via(p, func(s apikey.Store) (apikey.Key, error) { return s.Get(ctx, id) })
 }
 
 func (p *pendingStore) List(ctx context.Context, workspace, after string, limit int) ([]apikey.Key, error) {
-	s, err := p.get()
-	if err != nil {
-		return nil, err
-	}
-	return s.List(ctx, workspace, after, limit)
+	return via(p, func(s apikey.Store) ([]apikey.Key, error) { return s.List(ctx, workspace, after, limit) })
+}
+
+func (p *pendingStore) ListUnused(ctx context.Context, workspace string, since time.Time, after string, limit int) ([]apikey.Key, error) {
+	return via(p, func(s apikey.Store) ([]apikey.Key, error) { return s.ListUnused(ctx, workspace, since, after, limit) })
+}
+
+func (p *pendingStore) Update(ctx context.Context, id string, u apikey.KeyPatch, actor string) (apikey.Key, error) {
+	return via(p, func(s apikey.Store) (apikey.Key, error) { return s.Update(ctx, id, u, actor) })
 }
 
 func (p *pendingStore) Refresh(ctx context.Context, id string, d apikey.Digest, display string, grace time.Duration, actor string) (apikey.Key, error) {
-	s, err := p.get()
-	if err != nil {
-		return apikey.Key{}, err
-	}
-	return s.Refresh(ctx, id, d, display, grace, actor)
+	return via(p, func(s apikey.Store) (apikey.Key, error) { return s.Refresh(ctx, id, d, display, grace, actor) })
 }
 
 func (p *pendingStore) Delete(ctx context.Context, id, actor string) error {
@@ -185,19 +183,11 @@ func (p *pendingStore) Rehash(ctx context.Context, old, d apikey.Digest) error {
 }
 
 func (p *pendingStore) Changes(ctx context.Context, after int64, limit int) ([]apikey.Change, error) {
-	s, err := p.get()
-	if err != nil {
-		return nil, err
-	}
-	return s.Changes(ctx, after, limit)
+	return via(p, func(s apikey.Store) ([]apikey.Change, error) { return s.Changes(ctx, after, limit) })
 }
 
 func (p *pendingStore) LastSeq(ctx context.Context) (int64, error) {
-	s, err := p.get()
-	if err != nil {
-		return 0, err
-	}
-	return s.LastSeq(ctx)
+	return via(p, func(s apikey.Store) (int64, error) { return s.LastSeq(ctx) })
 }
 
 func (p *pendingStore) Touch(ctx context.Context, used map[string]time.Time) error {
@@ -209,11 +199,48 @@ func (p *pendingStore) Audit(ctx context.Context, e apikey.Event) error {
 }
 
 func (p *pendingStore) Events(ctx context.Context, workspace string, after int64, limit int) ([]apikey.Event, error) {
-	s, err := p.get()
-	if err != nil {
-		return nil, err
-	}
-	return s.Events(ctx, workspace, after, limit)
+	return via(p, func(s apikey.Store) ([]apikey.Event, error) { return s.Events(ctx, workspace, after, limit) })
+}
+
+func (p *pendingStore) PutWorkspace(ctx context.Context, w apikey.Workspace, actor string) (apikey.Workspace, bool, error) {
+	var created bool
+	out, err := via(p, func(s apikey.Store) (apikey.Workspace, error) {
+		var (
+			w2  apikey.Workspace
+			err error
+		)
+		w2, created, err = s.PutWorkspace(ctx, w, actor)
+		return w2, err
+	})
+	return out, created, err
+}
+
+func (p *pendingStore) PatchWorkspace(ctx context.Context, id string, u apikey.WorkspacePatch, actor string) (apikey.Workspace, error) {
+	return via(p, func(s apikey.Store) (apikey.Workspace, error) { return s.PatchWorkspace(ctx, id, u, actor) })
+}
+
+func (p *pendingStore) GetWorkspace(ctx context.Context, id string) (apikey.Workspace, error) {
+	return via(p, func(s apikey.Store) (apikey.Workspace, error) { return s.GetWorkspace(ctx, id) })
+}
+
+func (p *pendingStore) ListWorkspaces(ctx context.Context, after string, limit int) ([]apikey.Workspace, error) {
+	return via(p, func(s apikey.Store) ([]apikey.Workspace, error) { return s.ListWorkspaces(ctx, after, limit) })
+}
+
+func (p *pendingStore) AddUsage(ctx context.Context, rows []apikey.Usage) error {
+	return p.do(func(s apikey.Store) error { return s.AddUsage(ctx, rows) })
+}
+
+func (p *pendingStore) Usage(ctx context.Context, keyID string, from, to time.Time) ([]apikey.Usage, error) {
+	return via(p, func(s apikey.Store) ([]apikey.Usage, error) { return s.Usage(ctx, keyID, from, to) })
+}
+
+func (p *pendingStore) UsageTotals(ctx context.Context, ids []string, since time.Time) (map[string]int64, error) {
+	return via(p, func(s apikey.Store) (map[string]int64, error) { return s.UsageTotals(ctx, ids, since) })
+}
+
+func (p *pendingStore) PruneUsage(ctx context.Context, before time.Time) (int64, error) {
+	return via(p, func(s apikey.Store) (int64, error) { return s.PruneUsage(ctx, before) })
 }
 
 func (p *pendingStore) Ping(ctx context.Context) error {

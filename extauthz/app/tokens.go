@@ -22,7 +22,7 @@ func adminTokens(ts []config.Token) ([]admin.Token, error) {
 		if b = bytes.TrimSpace(b); len(b) < admin.MinTokenLen {
 			return nil, &config.FieldError{Path: path, Msg: fmt.Sprintf("token is %d bytes, need at least %d", len(b), admin.MinTokenLen)}
 		}
-		out = append(out, admin.Token{Name: t.Name, Secret: b})
+		out = append(out, admin.Token{Name: t.Name, Secret: b, Workspaces: t.Workspaces})
 	}
 	return out, nil
 }

@@ -1,6 +1,6 @@
 // Package cli is keyauthz's command line: flag parsing, the commands (serve,
-// keys create/list/refresh/delete, audit, migrate, check, version) and what
-// they print. It loads the config; extauthz/app builds, runs and stops the
+// keys create/list/update/usage/refresh/delete, workspaces get/set/list,
+// audit, migrate, check, version) and what they print. It loads the config; extauthz/app builds, runs and stops the
 // components, and opens the store for the commands that work on it directly.
 package cli
 
@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/keyauthz/keyauthz/config"
+	"github.com/keyauthz/keyauthz/extauthz/admin"
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
 	"github.com/keyauthz/keyauthz/extauthz/app"
 )
@@ -30,17 +31,22 @@ const usageText = `usage: keyauthz COMMAND [flags]
 commands:
   serve          run the authorizer (gRPC ext_authz, HTTP health, metrics, admin API)
   keys create    create an API key; its secret is printed once
-  keys list      list a workspace's keys (never their secrets)
+  keys list      list a workspace's keys (never their secrets), with their requests in 30 days
+  keys update    change a key's name, rate limit, expiry, grants, metadata or disable it
+  keys usage     show a key's allowed and denied requests by hour or day
   keys refresh   rotate a key's secret
   keys delete    revoke a key at once
+  workspaces get   show a workspace's record (rate limit, key limit, grants, disabled)
+  workspaces set   change a workspace's record, creating it when absent
+  workspaces list  list the workspace records
   audit          show a workspace's audit events
   migrate        create the store, or apply its schema migrations, and exit
   check          ask a running server for a decision, as Envoy would
   version        print the version (also --version)
 
 Run 'keyauthz COMMAND --help' for a command's flags. Every command takes
---config FILE and --store URL; the keys and audit commands work on the local
-store, or on a running server's admin API with --server URL --token-file FILE.
+--config FILE and --store URL; the keys, workspaces and audit commands work on
+the local store, or on a running server's admin API with --server URL --token-file FILE.
 Only serve and migrate create a store.
 `
 
@@ -52,15 +58,40 @@ var commands = map[string][2]string{
 			"the pepper beside it (version 1), if they do not exist."},
 	"keys create": {"keyauthz keys create --workspace W --name N [--expires-in 720h] [--rate-limit 600/m] [--grant org1,org2] [--json]",
 		"Create an API key in workspace W. The secret is printed once; only its HMAC is stored."},
-	"keys list": {"keyauthz keys list --workspace W [--json]",
-		"List the live keys of workspace W: ids, names, display forms, limits; never a secret."},
+	"keys list": {"keyauthz keys list --workspace W [--unused-for 30d] [--json]",
+		"List the live keys of workspace W: ids, names, display forms, last use and requests in the\n" +
+			"last 30 days; never a secret. --unused-for D lists only keys created more than D ago and not\n" +
+			"used since (D: days such as 30d, or a duration such as 720h): keys to revoke."},
+	"keys update": {"keyauthz keys update KEY_ID [--workspace W] [--name N] [--rate-limit R|\"\"] [--expires-in D|--expires-at T|--no-expiry]\n" +
+		"       [--grant a,b/c|\"\"] [--meta k=v ...|--no-meta] [--disable|--enable] [--json]",
+		"Change a key; flags not given leave their field as it is. --rate-limit \"\" goes back to the\n" +
+			"workspace's rate, --grant \"\" removes every grant, --no-meta every metadata entry, --no-expiry the\n" +
+			"expiry. --meta k=v (repeatable) replaces all metadata. A disabled key is refused (401) until\n" +
+			"enabled. Every replica applies the change within the revocation bound. With --server,\n" +
+			"--workspace is required."},
+	"keys usage": {"keyauthz keys usage KEY_ID [--workspace W] [--granularity hour|day] [--from T] [--to T] [--json]",
+		"Show a key's allowed and denied requests (by reason) per hour (default: the last 24 hours) or\n" +
+			"per UTC day (default: the last 30 days), then the totals. T is RFC 3339, e.g.\n" +
+			"2030-01-02T15:04:05Z. With --server, --workspace is required."},
 	"keys refresh": {"keyauthz keys refresh KEY_ID [--workspace W] [--grace 0s] [--json]",
 		"Rotate a key's secret: the new one is printed once, the old one is denied at once\n" +
 			"(or after --grace). With --server, --workspace is required."},
 	"keys delete": {"keyauthz keys delete KEY_ID [--workspace W]",
 		"Revoke a key at once, on every replica. With --server, --workspace is required."},
 	"audit": {"keyauthz audit --workspace W [--json]",
-		"Show workspace W's audit events: created, refreshed, deleted, denied_after_revoke."},
+		"Show workspace W's audit events: created, refreshed, updated, deleted, denied_after_revoke,\n" +
+			"workspace_updated."},
+	"workspaces get": {"keyauthz workspaces get WS [--json]",
+		"Show workspace WS's record: its rate limit and key limit (when not inherited from the config),\n" +
+			"its grants and whether it is disabled."},
+	"workspaces set": {"keyauthz workspaces set WS [--rate-limit R|\"\"] [--max-keys N] [--grant a,b/c|\"\"] [--disable|--enable] [--json]",
+		"Change workspace WS's record, creating it when it has none; flags not given leave their field\n" +
+			"as it is. --rate-limit is the rate of its keys without their own (\"\" = the config's, then the\n" +
+			"default); --max-keys caps its live keys (0 = the config's); --grant names resources (paths such\n" +
+			"as acme/web) every key of the workspace may reach (\"\" = none); --disable refuses all its keys\n" +
+			"(401) until --enable. Every replica applies the change within the revocation bound."},
+	"workspaces list": {"keyauthz workspaces list [--json]",
+		"List the workspace records (with --server, those the admin token may reach)."},
 	"migrate": {"keyauthz migrate [--config FILE] [--store URL]",
 		"Create the store, or apply its pending schema migrations, and exit. With no config file it\n" +
 			"also creates the pepper beside the SQLite database (version 1) while the store holds no keys."},
@@ -74,10 +105,22 @@ const keysUsage = `usage: keyauthz keys COMMAND [flags] [KEY_ID]
 commands:
   create    create an API key; its secret is printed once
   list      list a workspace's keys (never their secrets)
+  update    change a key (name, rate limit, expiry, grants, metadata, disabled)
+  usage     show a key's requests by hour or day
   refresh   rotate a key's secret
   delete    revoke a key at once
 
 Run 'keyauthz keys COMMAND --help' for a command's flags.
+`
+
+const workspacesUsage = `usage: keyauthz workspaces COMMAND [flags] [WS]
+
+commands:
+  get     show a workspace's record
+  set     change a workspace's record, creating it when absent
+  list    list the workspace records
+
+Run 'keyauthz workspaces COMMAND --help' for a command's flags.
 `
 
 // Main runs one keyauthz command and returns the process exit code.
@@ -101,6 +144,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			err = c.keysCreate(args[2:])
 		case "list":
 			err = c.keysList(args[2:])
+		case "update":
+			err = c.keysUpdate(args[2:])
+		case "usage":
+			err = c.keysUsage(args[2:])
 		case "refresh":
 			err = c.keysRefresh(args[2:])
 		case "delete":
@@ -109,6 +156,24 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			fmt.Fprint(stdout, keysUsage)
 		default:
 			fmt.Fprintf(stderr, "keyauthz: unknown keys command %q\n%s", args[1], keysUsage)
+			return 2
+		}
+	case "workspaces":
+		if len(args) < 2 {
+			fmt.Fprint(stderr, workspacesUsage)
+			return 2
+		}
+		switch args[1] {
+		case "get":
+			err = c.workspacesGet(args[2:])
+		case "set":
+			err = c.workspacesSet(args[2:])
+		case "list":
+			err = c.workspacesList(args[2:])
+		case "help", "-h", "-help", "--help":
+			fmt.Fprint(stdout, workspacesUsage)
+		default:
+			fmt.Fprintf(stderr, "keyauthz: unknown workspaces command %q\n%s", args[1], workspacesUsage)
 			return 2
 		}
 	case "audit":
@@ -149,7 +214,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 // cmdName is the command args name ("keys create"), or "" for none.
 func cmdName(args []string) string {
 	if len(args) > 1 {
-		if name := args[0] + " " + args[1]; args[0] == "keys" {
+		if name := args[0] + " " + args[1]; args[0] == "keys" || args[0] == "workspaces" {
 			if _, ok := commands[name]; ok {
 				return name
 			}
@@ -193,10 +258,15 @@ type common struct {
 func (c *cli) keyFlags(name string, co *common, ws *string, asJSON *bool) *flag.FlagSet {
 	fs := c.flags(name, co)
 	fs.StringVar(ws, "workspace", "", "workspace (account) the key belongs to")
+	c.serverFlags(fs, co, asJSON)
+	return fs
+}
+
+// serverFlags adds --json, --server and --token-file.
+func (c *cli) serverFlags(fs *flag.FlagSet, co *common, asJSON *bool) {
 	fs.BoolVar(asJSON, "json", false, "print JSON")
 	fs.StringVar(&co.server, "server", "", "admin API base URL of a running server, e.g. http://127.0.0.1:9002")
 	fs.StringVar(&co.tokenFile, "token-file", "", "file holding the admin token (with --server)")
-	return fs
 }
 
 // keyArgs is what the keys and audit commands share once their flags are parsed.
@@ -397,7 +467,7 @@ func explain(err error, ws string) error {
 	var fe *apikey.FieldError
 	switch {
 	case errors.As(err, &fe):
-		flag := map[string]string{"grants": "grant", "expires_at": "expires-in"}[fe.Field]
+		flag := map[string]string{"grants": "grant", "expires_at": "expires-in", "metadata": "meta"}[fe.Field]
 		if flag == "" {
 			flag = strings.ReplaceAll(fe.Field, "_", "-")
 		}
@@ -415,12 +485,21 @@ func explain(err error, ws string) error {
 }
 
 func (c *cli) keysList(args []string) error {
-	k, err := c.keyCmd("keys list", args, 0, true, nil)
+	var unusedFor string
+	k, err := c.keyCmd("keys list", args, 0, true, func(fs *flag.FlagSet) {
+		fs.StringVar(&unusedFor, "unused-for", "", "only keys created more than this long ago and unused since, e.g. 30d or 720h")
+	})
 	if err != nil {
 		return err
 	}
+	var unused time.Duration
+	if unusedFor != "" {
+		if unused, err = admin.ParseUnusedFor(unusedFor); err != nil {
+			return usageError("--unused-for: want days such as 30d or a duration such as 720h, at most 36500d")
+		}
+	}
 	return c.withOps(k.co, func(o keyOps) error {
-		items, err := o.list(c.ctx, k.ws)
+		items, err := o.list(c.ctx, k.ws, unused)
 		if err != nil {
 			return err
 		}

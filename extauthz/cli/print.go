@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -27,11 +29,75 @@ func printKeys(w io.Writer, keys []admin.View, asJSON bool) error {
 		return json.NewEncoder(w).Encode(map[string]any{"items": keys})
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tDISPLAY\tCREATED\tLAST USED\tEXPIRES")
+	fmt.Fprintln(tw, "ID\tNAME\tDISPLAY\tCREATED\tLAST USED\tREQUESTS 30D\tEXPIRES\tSTATE")
 	for _, v := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s…\t%s\t%s\t%s\n", v.ID, v.Name, v.Display,
-			v.CreatedAt.Format(time.RFC3339), ts(v.LastUsedAt), ts(v.ExpiresAt))
+		state := "enabled"
+		if v.Disabled {
+			state = "disabled"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s…\t%s\t%s\t%d\t%s\t%s\n", v.ID, v.Name, v.Display,
+			v.CreatedAt.Format(time.RFC3339), ts(v.LastUsedAt), v.Requests30d, ts(v.ExpiresAt), state)
 	}
+	return tw.Flush()
+}
+
+// printJSON prints v as one line of JSON.
+func printJSON(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
+// printWorkspaces prints workspace records as a table or, with asJSON, as
+// {"items": [...]} when list is set and the one record otherwise.
+func printWorkspaces(w io.Writer, ws []admin.WorkspaceView, asJSON, list bool) error {
+	if asJSON {
+		if !list && len(ws) == 1 {
+			return printJSON(w, ws[0])
+		}
+		if ws == nil {
+			ws = []admin.WorkspaceView{}
+		}
+		return printJSON(w, map[string]any{"items": ws})
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKSPACE\tRATE LIMIT\tMAX KEYS\tGRANTS\tSTATE\tUPDATED")
+	for _, v := range ws {
+		rate, max, grants, state := v.RateLimit, "config", strings.Join(v.Grants, ","), "enabled"
+		if rate == "" {
+			rate = "config"
+		}
+		if v.MaxKeys > 0 {
+			max = strconv.Itoa(v.MaxKeys)
+		}
+		if grants == "" {
+			grants = "-"
+		}
+		if v.Disabled {
+			state = "disabled"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, rate, max, grants, state, v.UpdatedAt.Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+// printUsage prints a usage report as a table of buckets and a total row, or as JSON.
+func printUsage(w io.Writer, u admin.Usage, asJSON bool) error {
+	if asJSON {
+		return printJSON(w, u)
+	}
+	fmt.Fprintf(w, "Key %s, by %s, from %s to %s (UTC).\n", u.KeyID, u.Granularity, u.From.Format(time.RFC3339), u.To.Format(time.RFC3339))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "START\tALLOWED\tRATE LIMITED\tFORBIDDEN\tDISABLED\tEXPIRED\tREVOKED\tNOT YET VALID\tLIMITER DOWN\t")
+	row := func(label string, c admin.Counts) {
+		d := c.Denied
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", label, c.Allowed, d.RateLimited, d.Forbidden,
+			d.Disabled, d.Expired, d.Revoked, d.NotYetValid, d.LimiterUnavailable)
+	}
+	format := "2006-01-02T15:04Z"
+	if u.Granularity == "day" {
+		format = "2006-01-02"
+	}
+	for _, b := range u.Buckets {
+		row(b.Start.Format(format), b.Counts)
+	}
+	row("TOTAL", u.Totals)
 	return tw.Flush()
 }
 

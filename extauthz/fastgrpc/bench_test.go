@@ -60,15 +60,19 @@ func envoyRequest(secret string, n int) *authv3.CheckRequest {
 
 // benchFixture is the fixture with the real local limiter and a key whose rate
 // the benchmark never exhausts; it returns the key and the request bytes.
-func benchFixture(b *testing.B) (*fixture, []byte) {
+func benchFixture(b *testing.B) (*fixture, []byte) { return benchFixtureWith(b, nil, nil) }
+
+// benchFixtureWith is benchFixture forwarding the metadata fields fields, the
+// key holding metadata meta.
+func benchFixtureWith(b *testing.B, fields []string, meta map[string]string) (*fixture, []byte) {
 	lim, err := ratelimit.NewLocal(1000, ratelimit.WithSweepInterval(0))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = lim.Close() })
-	fx := newFixture(b, lim)
+	fx := newFixtureWith(b, lim, fields)
 	fx.keys.m[fx.hasher.Sum(fx.valid).Sum] = apikey.Key{ID: "key_bench", Workspace: "acme",
-		RateLimit: apikey.Rate{N: 1 << 30, Per: time.Second}, CreatedAt: fixedNow.Add(-time.Hour)}
+		RateLimit: apikey.Rate{N: 1 << 30, Per: time.Second}, CreatedAt: fixedNow.Add(-time.Hour), Metadata: meta}
 	wire, err := proto.Marshal(envoyRequest(fx.valid, 15))
 	if err != nil {
 		b.Fatal(err)
@@ -102,6 +106,17 @@ func BenchmarkStandardPath(b *testing.B) {
 // codec Unmarshal, wire decode, Decide, codec Marshal.
 func BenchmarkFastPath(b *testing.B) {
 	fx, wire := benchFixture(b)
+	fastPath(b, fx, wire)
+}
+
+// BenchmarkFastPathMetadata is BenchmarkFastPath forwarding two metadata
+// fields the key holds (one escaped) and removing a third it lacks.
+func BenchmarkFastPathMetadata(b *testing.B) {
+	fx, wire := benchFixtureWith(b, []string{"team", "plan", "region"}, map[string]string{"team": "ml", "plan": "pro plan\n"})
+	fastPath(b, fx, wire)
+}
+
+func fastPath(b *testing.B, fx *fixture, wire []byte) {
 	ctx := context.Background()
 	h := &handler{svc: fx.svc}
 	h.invoke = h.call

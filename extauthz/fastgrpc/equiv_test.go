@@ -98,6 +98,10 @@ func wireCases(t testing.TB, fx *fixture) []wireCase {
 		{name: "nested groups skipped", code: 200, wire: cat(group(99, group(100, varint(1, 1), group(101)), fixed64(2)), checkReq(httpReq(hdr(k, valid))))},
 		{name: "largest field number", code: 200, wire: cat(varint(protowire.MaxValidNumber, 1), checkReq(httpReq(hdr(k, valid))))},
 		{name: "envoy shaped request", wire: envoy, code: 200},
+		{name: "metadata forwarded", wire: checkReq(httpReq(hdr(k, fx.meta), hdr("x-keyauthz-meta-team", "spoofed"))), code: 200},
+		{name: "metadata partial removes the other", wire: checkReq(httpReq(hdr(k, fx.partial), hdr("x-keyauthz-meta-team", "spoofed"))), code: 200},
+		{name: "metadata header_map", wire: checkReq(httpReq(hmap(hv(k, fx.meta, nil), hv("X-Keyauthz-Meta-Plan", "spoofed", nil)))), code: 200},
+		{name: "metadata key forbidden", wire: checkReq(httpReq(path("/organizations/other/x"), hdr(k, fx.meta))), code: 403},
 
 		{name: "invalid utf-8 value", wire: checkReq(httpReq(hdr(k, "\xff"))), protoErr: true, decodeErr: true},
 		{name: "invalid utf-8 elsewhere", wire: checkReq(httpReq(hdr("x-\xff", "y"), hdr(k, valid))), protoErr: true, decodeErr: true},

@@ -66,14 +66,26 @@ type fixture struct {
 	limited string // the limiter denies it
 	old     string // stored under the older pepper: found via Rehash
 	unknown string // well-formed, not stored
+	meta    string // workspace acme, every forwarded metadata field (one escaped)
+	partial string // workspace acme, one forwarded metadata field of two
 }
+
+// metaFields are the metadata fields the fixture forwards upstream.
+var metaFields = []string{"team", "Plan"}
 
 // fixedKey is a well-formed key every fixture stores (workspace acme), the same
 // in every run, so that committed fuzz corpus entries can reach an allow.
 const fixedKey = "kz_FuzzCorpusFixedKey00000000000000000000000000Q7Kjx"
 
-// newFixture builds the fixture; lim nil means a fixedLimiter denying fx.limited.
+// newFixture builds the fixture, forwarding metaFields; lim nil means a
+// fixedLimiter denying fx.limited.
 func newFixture(t testing.TB, lim extauthz.Limiter) *fixture {
+	t.Helper()
+	return newFixtureWith(t, lim, metaFields)
+}
+
+// newFixtureWith is newFixture forwarding the metadata fields meta.
+func newFixtureWith(t testing.TB, lim extauthz.Limiter, meta []string) *fixture {
 	t.Helper()
 	format, err := apikey.NewFormat("kz", 256, false)
 	if err != nil {
@@ -99,7 +111,11 @@ func newFixture(t testing.TB, lim extauthz.Limiter) *fixture {
 		fx.keys.m[d.Sum] = k
 	}
 	fx.valid, fx.granted, fx.revoked, fx.limited, fx.old, fx.unknown = gen(), gen(), gen(), gen(), gen(), gen()
+	fx.meta, fx.partial = gen(), gen()
 	add(h.Sum(fx.valid), apikey.Key{ID: "key_valid", Workspace: "acme"})
+	add(h.Sum(fx.meta), apikey.Key{ID: "key_meta", Workspace: "acme",
+		Metadata: map[string]string{"team": "ml ops", "Plan": "pro\r\nx-evil: 1 é", "other": "not forwarded"}})
+	add(h.Sum(fx.partial), apikey.Key{ID: "key_partial", Workspace: "acme", Metadata: map[string]string{"Plan": "free"}})
 	add(h.Sum(fixedKey), apikey.Key{ID: "key_fixed", Workspace: "acme"})
 	add(h.Sum(fx.granted), apikey.Key{ID: "key_granted", Workspace: "acme", Grants: []string{"partner"}})
 	add(h.Sum(fx.revoked), apikey.Key{ID: "key_revoked", Workspace: "acme", RevokedAt: fixedNow.Add(-time.Minute)})
@@ -124,6 +140,7 @@ func newFixture(t testing.TB, lim extauthz.Limiter) *fixture {
 		Body: def.Response.Body, RateHeaders: def.Response.RateHeaders, Reset: def.Response.Reset,
 		Templates:   []string{"/organizations/{resource}"},
 		DefaultRate: apikey.Rate{N: 240, Per: time.Minute},
+		Metadata:    meta,
 		Now:         func() time.Time { return fixedNow },
 		// As the app's hook does: the digest is computed now, the key never kept.
 		Rehash: func(_ apikey.Digest, key string) { _ = h.Sum(key); fx.rehash.Add(1) },

@@ -121,6 +121,8 @@ func protoCases(fx *fixture) []struct {
 		code int
 	}{
 		{"allowed", envoyRequest(fx.valid, 15), 200},
+		{"allowed with metadata", envoyRequest(fx.meta, 15), 200},
+		{"allowed with some metadata", withHeaders(map[string]string{"x-api-key": fx.partial, "x-keyauthz-meta-team": "spoofed"}, "/", nil), 200},
 		{"unknown key", withHeaders(map[string]string{"x-api-key": fx.unknown}, "/", nil), 401},
 		{"missing key", withHeaders(map[string]string{"accept": "*/*"}, "/", nil), 401},
 		{"forbidden", withHeaders(map[string]string{"x-api-key": fx.valid}, "/organizations/other", nil), 403},
@@ -404,7 +406,14 @@ func TestPooledAnswers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fx.keys.m[fx.hasher.Sum(secret).Sum] = apikey.Key{ID: fmt.Sprintf("key_%02d", i), Workspace: "acme"}
+		var meta map[string]string // answers with and without forwarded metadata share the pool
+		switch i % 3 {
+		case 0:
+			meta = map[string]string{"team": fmt.Sprintf("team %02d", i), "Plan": "p\n" + fmt.Sprint(i)}
+		case 1:
+			meta = map[string]string{"Plan": fmt.Sprint(i)}
+		}
+		fx.keys.m[fx.hasher.Sum(secret).Sum] = apikey.Key{ID: fmt.Sprintf("key_%02d", i), Workspace: "acme", Metadata: meta}
 		cases = append(cases, tc{req: envoyRequest(secret, 15)})
 	}
 	fx.keys.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,10 @@ type Options struct {
 	// took and its error (nil, apikey.ErrNotFound or a failure), on the reading
 	// goroutine (metrics: keyauthz_store_read_duration_seconds).
 	ObserveRead func(took time.Duration, err error)
+	// Metadata names the key metadata fields the cache keeps (the ones the
+	// Check path forwards, config headers.metadata); a cached key's Metadata
+	// holds only these, and is nil when it has none of them.
+	Metadata []string
 }
 
 // Stats are the cache's counters since New; Hits+NegativeHits+Misses is the number of Lookups.
@@ -79,13 +84,24 @@ type entry struct {
 
 // compact is the part of a Key the Check path reads, kept small so a cached key
 // costs a few hundred bytes: times as a stamp, no name, display, creation or
-// last-use time, or metadata (the admin API reads those from the store).
+// last-use time, and only the configured metadata fields (the admin API reads
+// the rest from the store). What most keys lack (grants, a workspace record,
+// forwarded metadata) sits behind one pointer, nil for most keys, so that such
+// a key costs no more than before those existed.
 type compact struct {
 	id, workspace            string
-	grants                   *[]string // nil without grants (most keys): 8 bytes instead of 24
+	x                        *extra // nil without grants, workspace policy or kept metadata
 	expires, notBefore, revd stamp
 	rate                     apikey.Rate
 	version                  int
+	disabled                 bool
+}
+
+// extra is the rarer part of a cached key.
+type extra struct {
+	grants []string
+	space  apikey.Policy     // the workspace record's policy (zero when none)
+	meta   map[string]string // the configured metadata fields the key has; read-only
 }
 
 // stamp is a time as microseconds since time.Time's zero instant, January 1
@@ -128,23 +144,43 @@ func (s stamp) time() time.Time {
 	return time.Unix(int64(s)/1e6+zeroUnix, int64(s)%1e6*1e3)
 }
 
-func pack(k apikey.Key) compact {
-	var grants *[]string
-	if len(k.Grants) > 0 {
-		g := k.Grants // only the slice header escapes, not k
-		grants = &g
+// pack keeps what the Check path reads of k; of its metadata, only the fields
+// in keep.
+func pack(k apikey.Key, keep []string) compact {
+	c := compact{id: k.ID, workspace: k.Workspace, expires: toStamp(k.ExpiresAt, false),
+		notBefore: toStamp(k.NotBefore, true), revd: toStamp(k.RevokedAt, false), rate: k.RateLimit,
+		version: k.PepperVersion, disabled: k.Disabled}
+	var meta map[string]string
+	if len(k.Metadata) > 0 {
+		for _, f := range keep {
+			if v, ok := k.Metadata[f]; ok {
+				if meta == nil {
+					meta = make(map[string]string, len(keep))
+				}
+				meta[f] = v
+			}
+		}
 	}
-	return compact{id: k.ID, workspace: k.Workspace, grants: grants, expires: toStamp(k.ExpiresAt, false),
-		notBefore: toStamp(k.NotBefore, true), revd: toStamp(k.RevokedAt, false), rate: k.RateLimit, version: k.PepperVersion}
+	if len(k.Grants) > 0 || !zeroPolicy(&k.Space) || meta != nil {
+		c.x = &extra{grants: k.Grants, space: k.Space, meta: meta}
+	}
+	return c
+}
+
+// zeroPolicy reports whether p adds nothing to a key's checks.
+func zeroPolicy(p *apikey.Policy) bool {
+	return p.RateLimit.IsZero() && len(p.Grants) == 0 && !p.Disabled
 }
 
 func (c *compact) unpack() apikey.Key {
-	var grants []string
-	if c.grants != nil {
-		grants = *c.grants
+	if x := c.x; x != nil {
+		return apikey.Key{ID: c.id, Workspace: c.workspace, Grants: x.grants, ExpiresAt: c.expires.time(),
+			NotBefore: c.notBefore.time(), RevokedAt: c.revd.time(), RateLimit: c.rate, PepperVersion: c.version,
+			Disabled: c.disabled, Space: x.space, Metadata: x.meta}
 	}
-	return apikey.Key{ID: c.id, Workspace: c.workspace, Grants: grants, ExpiresAt: c.expires.time(),
-		NotBefore: c.notBefore.time(), RevokedAt: c.revd.time(), RateLimit: c.rate, PepperVersion: c.version}
+	return apikey.Key{ID: c.id, Workspace: c.workspace, ExpiresAt: c.expires.time(),
+		NotBefore: c.notBefore.time(), RevokedAt: c.revd.time(), RateLimit: c.rate, PepperVersion: c.version,
+		Disabled: c.disabled}
 }
 
 // read is one store read in flight; waiters read its result after done is closed.
@@ -154,6 +190,9 @@ type read struct {
 	err     error
 	stale   bool // key is a stale entry served because the store failed
 	evicted bool // Evict or Purge ran while in flight: do not insert the result (shard lock)
+	// wsEvicted are the workspaces EvictWorkspace dropped while the read was in
+	// flight: a key of one of them is not inserted (shard lock).
+	wsEvicted []string
 
 	s        *shard
 	d        apikey.Digest
@@ -203,6 +242,7 @@ type Cache struct {
 	maxStale time.Duration
 	retry    time.Duration
 	readTO   time.Duration
+	meta     []string // Options.Metadata: the metadata fields kept
 
 	// Store reads run on reader goroutines that wait a while for the next
 	// miss instead of exiting: a read through a store driver grows a
@@ -267,6 +307,7 @@ func newCache(store apikey.Lookuper, opt Options, log *zap.Logger, tick bool) (*
 		maxStale: opt.MaxStaleness,
 		retry:    min(opt.TTL, maxStaleRetry),
 		readTO:   opt.ReadTimeout,
+		meta:     slices.Clone(opt.Metadata),
 		jobs:     make(chan *read),
 		base:     time.Now(),
 		nowFn:    opt.Now,
@@ -333,10 +374,12 @@ func (c *Cache) shard(sum *[32]byte) *shard { return &c.shards[int(sum[0])&c.mas
 // Unknown digests return apikey.ErrNotFound, or apikey.ErrNotFoundCached when
 // answered from a negative entry (errors.Is(err, apikey.ErrNotFound) holds for
 // both); other store errors are returned wrapped and not cached. A Key
-// answered from the cache carries only what the Check path reads (ID,
+// answered from a cache entry carries only what the Check path reads (ID,
 // Workspace, Grants, ExpiresAt, NotBefore, RevokedAt, RateLimit,
-// PepperVersion); read the store for the rest. The returned Key shares Grants
-// with the cache: treat it as read-only.
+// PepperVersion, Disabled, Space, and of Metadata only the fields of
+// Options.Metadata, nil when it has none of them); read the store for the
+// rest. The returned Key shares Grants, Space.Grants and Metadata with the
+// cache: treat them as read-only.
 func (c *Cache) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
 	s := c.shard(&d.Sum)
 	now := c.clock()
@@ -483,9 +526,9 @@ func (c *Cache) fetch(rd *read) {
 	switch {
 	case err == nil:
 		rd.key = key
-		if !rd.evicted {
+		if !rd.evicted && !slices.Contains(rd.wsEvicted, key.Workspace) {
 			s.sweep(now, c)
-			s.pos.Add(d.Sum, &entry{key: pack(key), at: now})
+			s.pos.Add(d.Sum, &entry{key: pack(key, c.meta), at: now})
 			if s.neg != nil {
 				s.neg.Remove(d.Sum)
 			}
@@ -549,6 +592,29 @@ func (c *Cache) Evict(sums ...[32]byte) {
 		if rd := s.inflight[*sum]; rd != nil {
 			rd.evicted = true
 			delete(s.inflight, *sum)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// EvictWorkspace drops the positive entries of every key of workspace ws (a
+// workspace record changed: its policy rides in each of its keys' entries).
+// A store read in flight when it runs does not cache a key of ws, and later
+// lookups of its digest start a new read. Negative entries are kept.
+func (c *Cache) EvictWorkspace(ws string) {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for _, sum := range s.pos.Keys() {
+			if e, ok := s.pos.Peek(sum); ok && e.key.workspace == ws {
+				s.pos.Remove(sum)
+			}
+		}
+		for sum, rd := range s.inflight {
+			// The read's workspace is unknown until it ends: its result is not
+			// cached if it is ws, and lookups from now on read the store again.
+			rd.wsEvicted = append(rd.wsEvicted, ws)
+			delete(s.inflight, sum)
 		}
 		s.mu.Unlock()
 	}

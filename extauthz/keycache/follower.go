@@ -37,8 +37,9 @@ const (
 	FastInterval = 100 * time.Millisecond
 )
 
-// Follower reads a store's change feed and evicts the cache entries of changed keys,
-// so that a rotation or deletion on any replica takes effect on this one.
+// Follower reads a store's change feed and evicts the cache entries of changed
+// keys (and of every key of a changed workspace record), so that a rotation,
+// deletion, key update or workspace change on any replica takes effect on this one.
 type Follower struct {
 	feed     Feed
 	cache    *Cache
@@ -131,7 +132,8 @@ func (f *Follower) Run(ctx context.Context) error {
 	}
 }
 
-// Poll reads the feed up to its end once and evicts the digests of every change.
+// Poll reads the feed up to its end once and evicts the digests of every change,
+// and every cached key of the workspace of a WorkspaceChanged change.
 // The first successful Poll starts at the feed's LastSeq and purges the cache,
 // since entries cached before then may predate changes it will not see. Changes
 // missed for good (a hole in the sequence that stays open, or a feed that went
@@ -191,11 +193,19 @@ func (f *Follower) poll(ctx context.Context) error {
 				continue // not newer than asked for: nothing to do
 			}
 			f.cache.Evict(ch.Digests...)
+			switch {
+			case ch.Kind != apikey.WorkspaceChanged:
+			case ch.Workspace != "":
+				f.cache.EvictWorkspace(ch.Workspace)
+			default: // a workspace change that does not say which: every entry may be stale
+				f.cache.Purge()
+			}
 			if ch.Seq == next+1 && next == last {
 				next = ch.Seq
 			}
 			last = max(last, ch.Seq)
-			f.log.Debug("key changed", zap.Int64("seq", ch.Seq), zap.String("key_id", ch.KeyID), zap.String("kind", string(ch.Kind)))
+			f.log.Debug("key changed", zap.Int64("seq", ch.Seq), zap.String("key_id", ch.KeyID),
+				zap.String("workspace", ch.Workspace), zap.String("kind", string(ch.Kind)))
 		}
 		if next < last {
 			now := f.now()

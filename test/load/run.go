@@ -24,21 +24,22 @@ import (
 // Options configure a harness run.
 type Options struct {
 	Root        string        // module root (holds go.mod)
-	Scenarios   []string      // noop a b c d e f envoy memory bench; "all"
+	Scenarios   []string      // noop a b b-pg c d e f envoy memory bench; "all"
 	Load        Load          // how each gRPC measurement drives its server
 	EnvoyRate   int           // wrk's fixed rate through Envoy
 	StoreKeys   int           // keys in the large store of scenario b (1,000,000)
+	PGKeys      int           // keys in the PostgreSQL store of scenario b-pg (10,000,000)
 	Seed        uint64        // key and pepper seed
 	Pin         bool          // servers on CPU 0, client (this process), Redis and wrk on CPU 1
 	KeyauthzBin string        // built keyauthz; built like test/run.sh when empty
 	CPeerBin    string        // optional second keyauthz measured in windows interleaved with (c)'s, on the same Redis (an A/B of Redis clients)
 	EnvoyBin    string        // Envoy binary; found in .venv when empty
 	Work        string        // scratch directory (logs, configs, small stores, profiles)
-	Cache       string        // directory keeping the seeded large store between runs
+	Cache       string        // directory keeping the seeded large stores (SQLite file, PostgreSQL data directory) between runs
 	Out         string        // RESULTS.md to write; "" prints only
 	Command     string        // the command line, for the report
 	Log         io.Writer     // progress
-	Profile     []string      // scenarios (a, a@1M, b, c, d, e, f) whose keyauthz is CPU-profiled in extra windows
+	Profile     []string      // scenarios (a, a@1M, b, b-pg, c, d, e, f) whose keyauthz is CPU-profiled in extra windows
 	Timeout     time.Duration // bound on the whole run
 }
 
@@ -121,7 +122,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		fn   func(context.Context) error
 	}
 	steps := []step{
-		{"noop", r.noop}, {"a", r.scenarioA}, {"b", r.scenarioB}, {"c", r.scenarioC},
+		{"noop", r.noop}, {"a", r.scenarioA}, {"b", r.scenarioB}, {"b-pg", r.scenarioBPG}, {"c", r.scenarioC},
 		{"d", r.scenarioD}, {"e", r.scenarioE}, {"f", r.scenarioF}, {"noop", r.noop},
 		{"envoy", r.envoy}, {"memory", r.memory}, {"bench", r.bench},
 	}

@@ -23,6 +23,7 @@ const (
 	titleA      = "(a) valid key, cache hit, local limiter"
 	titleA1M    = "(a@1M) valid key, cache hit, 1M-key store"
 	titleB      = "(b) cache miss, SQLite store with 1M keys"
+	titleBPG    = "(b-pg) cache miss, PostgreSQL store with 10M keys"
 	titleC      = "(c) valid key, cache hit, Redis limiter"
 	titleD      = "(d) flood of unknown well-formed keys, 5,000 distinct (negative cache)"
 	titleDFresh = "(d-fresh) flood of unknown well-formed keys, every key new"
@@ -198,6 +199,101 @@ func (r *runner) scenarioB(ctx context.Context) error {
 	m.Notes = append(m.Notes, fmt.Sprintf("%d checks, each a key not yet cached; store reads: %.0f", seq.Load()-first, n))
 	r.add(m)
 	return r.memFacts(s, "b_after")
+}
+
+// scenarioBPG is scenario b on PostgreSQL: keyauthz (on the server CPU) with
+// a PostgreSQL store of PGKeys keys (on the client's CPU, as Redis in c),
+// every request a stored key not asked before, so every check is a cache
+// miss and one store read (one round trip).
+func (r *runner) scenarioBPG(ctx context.Context) error {
+	if r.o.PGKeys <= SmallStore || r.o.PGKeys >= 1<<32 {
+		return fmt.Errorf("b-pg: -pg-keys %d: want more than %d and fewer than 2^32", r.o.PGKeys, SmallStore)
+	}
+	pg, url, err := r.pgStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer pg.stop()
+	s, startNote, err := r.startBPG(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer s.Stop()
+	seq := new(atomic.Uint64)
+	src := &fresh{t: r.tmpl, gen: r.gen, stream: streamStored, base: SmallStore, mod: uint64(r.o.PGKeys - SmallStore)}
+	m, n, err := r.measureReads(ctx, s, "b-pg", titleBPG, src, seq, 0)
+	if err != nil {
+		return err
+	}
+	checks := float64(seq.Load())
+	if checks > float64(r.o.PGKeys-SmallStore) {
+		return fmt.Errorf("b-pg: %.0f checks but only %d keys: keys were repeated", checks, r.o.PGKeys-SmallStore)
+	}
+	f := r.res.Facts
+	f["bpg_keys"] = float64(r.o.PGKeys)
+	f["bpg_store_reads"] = n
+	f["bpg_checks"] = checks
+	m.Notes = append(m.Notes, fmt.Sprintf("%.0f checks, each a key not yet cached; store reads: %.0f (%.3f per miss)", checks, n, ratio(n, checks)))
+	seeded := "reused from the cache directory"
+	if v := f["bpg_seed_seconds"]; v > 0 {
+		seeded = fmt.Sprintf("seeded in this run in %.0f s (initdb, start and `keyauthz migrate` %.0f s; COPY … FREEZE of both tables %.0f s; index builds %.0f s; VACUUM ANALYZE %.0f s)",
+			v, f["bpg_seed_setup_seconds"], f["bpg_seed_load_seconds"], f["bpg_seed_index_seconds"], f["bpg_seed_analyze_seconds"])
+	} else if v := f["bpg_seed_seconds_earlier"]; v > 0 {
+		seeded = fmt.Sprintf("reused from the cache directory (seeded in %.0f s by an earlier run)", v)
+	}
+	m.Notes = append(m.Notes, startNote)
+	m.Notes = append(m.Notes, fmt.Sprintf("PostgreSQL %s on 127.0.0.1 (%s), the harness's own server: %s; %d keys, %s. Schema by `keyauthz migrate` of the binary under test.",
+		pgVersionOf(pg), r.pgPlacement(), pgSettingsNote(), r.o.PGKeys, seeded))
+	r.add(m)
+	return nil
+}
+
+// bpgStatementTimeout is the store.statement_timeout b-pg falls back to when
+// keyauthz cannot start on the large store with the default one.
+const bpgStatementTimeout = 3 * time.Minute
+
+// startBPG starts b-pg's keyauthz on the PostgreSQL store at url with the
+// default configuration; when a statement of its start-up times out there
+// (a whole-table query), it records that and starts it again with
+// store.statement_timeout bpgStatementTimeout, which the Check path (bounded
+// by store.timeout) never reaches. It returns a note for the report.
+func (r *runner) startBPG(ctx context.Context, url string) (*Server, string, error) {
+	c := KeyauthzConfig{StoreURL: url, Pprof: r.profiling("b-pg"), ReadyTimeout: 2 * time.Minute}
+	start := time.Now()
+	s, err := r.keyauthz(ctx, "b-pg", c)
+	if err == nil {
+		d := time.Since(start)
+		r.res.Facts["bpg_start_seconds"] = d.Seconds()
+		return s, fmt.Sprintf("`keyauthz serve` was ready %.1f s after its start, with the default store settings.", d.Seconds()), nil
+	}
+	if !strings.Contains(err.Error(), "statement timeout") {
+		return nil, "", err
+	}
+	failed := time.Since(start)
+	why := firstLine(err.Error())
+	if i := strings.Index(err.Error(), "keyauthz: "); i >= 0 {
+		why = firstLine(err.Error()[i:])
+	}
+	r.logf("  keyauthz serve did not start with the default store.statement_timeout (%s); again with %v", why, bpgStatementTimeout)
+	c.StatementTimeout, c.ReadyTimeout = bpgStatementTimeout, bpgStatementTimeout+time.Minute
+	start = time.Now()
+	if s, err = r.keyauthz(ctx, "b-pg", c); err != nil {
+		return nil, "", err
+	}
+	d := time.Since(start)
+	r.res.Facts["bpg_start_seconds"] = d.Seconds()
+	r.res.Facts["bpg_default_start_failed"] = 1
+	r.logf("  keyauthz serve ready after %.1f s with store.statement_timeout %v", d.Seconds(), bpgStatementTimeout)
+	return s, fmt.Sprintf("**With the default store settings `keyauthz serve` does not start on this store**: it exited after %.1f s with `%s`. Measured with `store.statement_timeout: %v` (the Check path is bounded by `store.timeout`, 250 ms, and never reaches it); it was then ready %.1f s after its start.",
+		failed.Seconds(), strings.ReplaceAll(why, "`", "'"), bpgStatementTimeout, d.Seconds()), nil
+}
+
+// pgPlacement says where the harness's PostgreSQL runs during measurements.
+func (r *runner) pgPlacement() string {
+	if r.cpuCli == "" {
+		return "not pinned"
+	}
+	return "on CPU " + r.cpuCli + " with the load client"
 }
 
 // processKeys is how many distinct keys processBytesPerKey sends: well under

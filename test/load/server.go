@@ -21,7 +21,12 @@ type Server struct {
 
 // KeyauthzConfig is what a scenario changes in keyauthz's configuration.
 type KeyauthzConfig struct {
-	Store        string   // SQLite file
+	Store    string // SQLite file
+	StoreURL string // store.url as is (e.g. postgres://…); overrides Store
+	// StatementTimeout is store.statement_timeout (postgres); 0 keeps the default.
+	StatementTimeout time.Duration
+	// ReadyTimeout bounds the wait for /readyz; 0 means 20 s.
+	ReadyTimeout time.Duration
 	Pepper       string   // pepper file
 	Redis        string   // host:port: use the Redis limiter
 	NegativeSize int      // cache.negative_size; 0 keeps the default
@@ -39,7 +44,14 @@ func (c KeyauthzConfig) yaml(grpcAddr, httpAddr string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "grpc:\n  listen: %q\n  drain_timeout: 2s\n", grpcAddr)
 	fmt.Fprintf(&b, "http:\n  listen: %q\n  pprof: %v\n", httpAddr, c.Pprof)
-	fmt.Fprintf(&b, "store:\n  url: %q\n", "sqlite://"+c.Store)
+	store := "sqlite://" + c.Store
+	if c.StoreURL != "" {
+		store = c.StoreURL
+	}
+	fmt.Fprintf(&b, "store:\n  url: %q\n", store)
+	if c.StatementTimeout > 0 {
+		fmt.Fprintf(&b, "  statement_timeout: %s\n", c.StatementTimeout)
+	}
 	fmt.Fprintf(&b, "pepper:\n  current: 1\n  versions: [{version: 1, file: %q}]\n", c.Pepper)
 	fmt.Fprintf(&b, "ratelimit:\n  default: %q\n", DefaultRate)
 	if c.Redis != "" {
@@ -80,7 +92,24 @@ func StartKeyauthz(ctx context.Context, name, dir, bin, cpus string, c KeyauthzC
 	if err != nil {
 		return nil, err
 	}
-	if err := testenv.WaitReady(ctx, p, "http://"+h+"/readyz", 20*time.Second); err != nil {
+	wait := c.ReadyTimeout
+	if wait <= 0 {
+		wait = 20 * time.Second
+	}
+	// Stop waiting as soon as keyauthz exits (WaitReady alone polls on until its timeout).
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.Done():
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	if err := testenv.WaitReady(wctx, p, "http://"+h+"/readyz", wait); err != nil {
+		if done, perr := p.Exited(); done {
+			err = fmt.Errorf("exited: %v", perr)
+		}
 		_ = p.Stop(5 * time.Second)
 		return nil, fmt.Errorf("keyauthz %s not ready: %v\n%s", name, err, p.Tail(4000))
 	}

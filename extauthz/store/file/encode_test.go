@@ -26,7 +26,7 @@ func NewEntry(k apikey.Key, d apikey.Digest) Entry {
 		ID: k.ID, Workspace: k.Workspace, Name: k.Name, Display: k.Display,
 		Digest: hex.EncodeToString(d.Sum[:]), PepperVersion: d.Version,
 		CreatedAt: ts(k.CreatedAt), ExpiresAt: ts(k.ExpiresAt), NotBefore: ts(k.NotBefore), RevokedAt: ts(k.RevokedAt),
-		RateLimit: k.RateLimit.String(), Grants: slices.Clone(k.Grants), Metadata: k.Metadata,
+		RateLimit: k.RateLimit.String(), Grants: slices.Clone(k.Grants), Metadata: k.Metadata, Disabled: k.Disabled,
 	}
 }
 

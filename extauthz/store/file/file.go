@@ -16,6 +16,7 @@
 //	    rate_limit: 600/m                # optional: N/s, N/m, N/h, N/d or N/<duration>
 //	    grants: [org1]                   # optional
 //	    metadata: {team: x}              # optional string map
+//	    disabled: true                   # optional: the key is refused (401) but stays listed
 //
 // A document starting with '{' is read as JSON with the same field names. Unknown
 // fields, a missing `keys` field and an empty file are errors. Encode writes the format.
@@ -24,8 +25,10 @@
 // swapping the `..data` symlink) and also re-reads the file periodically; a changed
 // file is reloaded, and a bad one is logged and ignored, keeping the previous keys.
 // Each reload appends the difference to an in-memory change feed so caches can
-// evict what changed. Writes return apikey.ErrReadOnly; Touch is a no-op; audit
-// events are kept in memory, the newest maxEvents of them.
+// evict what changed. Writes (keys and workspace records) return
+// apikey.ErrReadOnly; Touch and AddUsage are no-ops and no usage is kept; the
+// file holds no workspace records; audit events are kept in memory, the newest
+// maxEvents of them.
 package file
 
 import (
@@ -373,3 +376,62 @@ func (s *Store) Delete(context.Context, string, string) error { return apikey.Er
 func (s *Store) Rehash(context.Context, apikey.Digest, apikey.Digest) error {
 	return apikey.ErrReadOnly
 }
+
+// ListUnused returns a workspace's live keys created before since, ordered by
+// id, after the cursor; limit <= 0 means all. The file records no use, so
+// every such key counts as unused.
+func (s *Store) ListUnused(_ context.Context, workspace string, since time.Time, after string, limit int) ([]apikey.Key, error) {
+	var out []apikey.Key
+	for _, r := range s.cur.Load().live[workspace] {
+		if r.key.ID <= after || !r.key.CreatedAt.Before(since) {
+			continue
+		}
+		out = append(out, clone(r.key))
+		if limit > 0 && len(out) == limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+// Update returns apikey.ErrReadOnly.
+func (s *Store) Update(context.Context, string, apikey.KeyPatch, string) (apikey.Key, error) {
+	return apikey.Key{}, apikey.ErrReadOnly
+}
+
+// PutWorkspace returns apikey.ErrReadOnly.
+func (s *Store) PutWorkspace(context.Context, apikey.Workspace, string) (apikey.Workspace, bool, error) {
+	return apikey.Workspace{}, false, apikey.ErrReadOnly
+}
+
+// PatchWorkspace returns apikey.ErrReadOnly.
+func (s *Store) PatchWorkspace(context.Context, string, apikey.WorkspacePatch, string) (apikey.Workspace, error) {
+	return apikey.Workspace{}, apikey.ErrReadOnly
+}
+
+// GetWorkspace returns apikey.ErrNotFound: the file holds no workspace records.
+func (s *Store) GetWorkspace(context.Context, string) (apikey.Workspace, error) {
+	return apikey.Workspace{}, apikey.ErrNotFound
+}
+
+// ListWorkspaces returns no records: the file holds none.
+func (s *Store) ListWorkspaces(context.Context, string, int) ([]apikey.Workspace, error) {
+	return nil, nil
+}
+
+// AddUsage does nothing, like Touch: the file is not written, and the usage
+// recorder must not log a failure at every flush.
+func (s *Store) AddUsage(context.Context, []apikey.Usage) error { return nil }
+
+// Usage returns no buckets: no usage is kept.
+func (s *Store) Usage(context.Context, string, time.Time, time.Time) ([]apikey.Usage, error) {
+	return nil, nil
+}
+
+// UsageTotals returns an empty map: no usage is kept.
+func (s *Store) UsageTotals(context.Context, []string, time.Time) (map[string]int64, error) {
+	return map[string]int64{}, nil
+}
+
+// PruneUsage drops nothing: no usage is kept.
+func (s *Store) PruneUsage(context.Context, time.Time) (int64, error) { return 0, nil }

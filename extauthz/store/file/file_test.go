@@ -410,3 +410,39 @@ func BenchmarkLookup(b *testing.B) {
 		i++
 	}
 }
+
+// A key's disabled flag is read from the file, and toggling it in a reload
+// evicts the key (a Refreshed change with its digest).
+func TestDisabledFlag(t *testing.T) {
+	nk := storetest.NewKey(t, "w", "a")
+	path := filepath.Join(t.TempDir(), "keys.yaml")
+	write(t, path, entries([]storetest.Seed{{Key: nk.Key, Digest: nk.Digest}}))
+	s := open(t, path, noWatch, WithPollInterval(time.Hour))
+	ctx := context.Background()
+	if k, err := s.Lookup(ctx, nk.Digest); err != nil || k.Disabled {
+		t.Fatalf("Lookup = Disabled %v, %v; want enabled", k.Disabled, err)
+	}
+	replace(t, path, []byte(strings.Replace(string(mustEncode(t, nk)), "pepper_version: 1", "pepper_version: 1\n    disabled: true", 1)))
+	s.reload()
+	k, err := s.Lookup(ctx, nk.Digest)
+	if err != nil || !k.Disabled || !errors.Is(k.Valid(time.Now()), apikey.ErrDisabled) {
+		t.Fatalf("Lookup after disabled: true = Disabled %v, %v; want a disabled key", k.Disabled, err)
+	}
+	chs, err := s.Changes(ctx, 0, 10)
+	if err != nil || len(chs) != 1 || chs[0].Kind != apikey.Refreshed || chs[0].KeyID != nk.Key.ID ||
+		len(chs[0].Digests) != 1 || chs[0].Digests[0] != nk.Digest.Sum {
+		t.Errorf("Changes after disabling = %+v, %v; want one Refreshed entry with the key's digest", chs, err)
+	}
+}
+
+func mustEncode(t *testing.T, nk apikey.NewKey) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := Encode(&b, []Entry{NewEntry(nk.Key, nk.Digest)}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "pepper_version: 1\n") {
+		t.Fatalf("encoded entry lacks pepper_version: 1:\n%s", b.String())
+	}
+	return b.Bytes()
+}

@@ -35,6 +35,7 @@ type Entry struct {
 	RateLimit     string            `yaml:"rate_limit,omitempty" json:"rate_limit,omitempty"`
 	Grants        []string          `yaml:"grants,omitempty" json:"grants,omitempty"`
 	Metadata      map[string]string `yaml:"metadata,omitempty" json:"metadata,omitempty"`
+	Disabled      bool              `yaml:"disabled,omitempty" json:"disabled,omitempty"`
 }
 
 // record is one parsed key.
@@ -139,7 +140,7 @@ func (e Entry) record() (*record, error) {
 	}
 	r := &record{digest: d, key: apikey.Key{
 		ID: e.ID, Workspace: e.Workspace, Name: e.Name, Display: e.Display,
-		Grants: slices.Clone(e.Grants), Metadata: e.Metadata,
+		Grants: slices.Clone(e.Grants), Metadata: e.Metadata, Disabled: e.Disabled,
 	}}
 	for _, f := range []struct {
 		name string
@@ -220,5 +221,6 @@ func sameKey(a, b apikey.Key) bool {
 	}
 	return a.ID == b.ID && a.Workspace == b.Workspace && a.Name == b.Name && a.Display == b.Display &&
 		a.CreatedAt.Equal(b.CreatedAt) && a.ExpiresAt.Equal(b.ExpiresAt) && a.NotBefore.Equal(b.NotBefore) &&
-		a.RevokedAt.Equal(b.RevokedAt) && a.RateLimit == b.RateLimit && slices.Equal(a.Grants, b.Grants)
+		a.RevokedAt.Equal(b.RevokedAt) && a.RateLimit == b.RateLimit && slices.Equal(a.Grants, b.Grants) &&
+		a.Disabled == b.Disabled
 }

@@ -15,6 +15,11 @@
 // an identity column instead (they are written on the Check path too, and
 // nobody follows them live).
 //
+// Bulk writes (Touch, AddUsage: a usage flush of every key used in the
+// interval) go in chunks of bounded size, each one statement that the planner
+// can only serve from a primary key, so none nears statement_timeout however
+// large the keys table (see usage.go).
+//
 // Connection loss: a server restart or failover kills every pooled connection
 // at once. The first call that meets a dead connection resets the pool, and
 // reads (and write transactions that failed before their commit) are retried
@@ -89,6 +94,10 @@ type Store struct {
 
 	closeOnce sync.Once
 	done      chan struct{} // closed by Close
+
+	// observe, when set (tests), is told each bounded write statement's
+	// duration: op ("touch", "add_usage", "prune_usage"), its rows, and how long it took.
+	observe func(op string, rows int, took time.Duration)
 }
 
 // Open connects to the database url names (postgres://… or a key=value DSN),
@@ -319,9 +328,19 @@ func limit(n int) *int64 {
 	return &v
 }
 
-// lookupSQL is the Check path's one query: the digests primary key, then the keys one.
-const lookupSQL = `SELECT ` + row.KeyCols + `, d.expires_at
-	FROM digests d JOIN keys k ON k.id = d.key_id
+// keyCols are the columns every key read selects from keyFrom, in scanKey's
+// order: row.KeyCols, the key's disabled flag, then its workspace record's
+// policy (empty when the workspace has no record).
+const keyCols = row.KeyCols + `, k.disabled,
+	COALESCE(w.rate_limit, ''), COALESCE(w.grants, ''), COALESCE(w.disabled, FALSE)`
+
+// keyFrom joins each key (alias k) to its workspace's record (alias w), if any.
+const keyFrom = `keys k LEFT JOIN workspaces w ON w.id = k.workspace`
+
+// lookupSQL is the Check path's one query: the digests primary key, then the
+// keys one, then the workspaces one (the workspace's policy rides along).
+const lookupSQL = `SELECT ` + keyCols + `, d.expires_at
+	FROM digests d JOIN keys k ON k.id = d.key_id LEFT JOIN workspaces w ON w.id = k.workspace
 	WHERE d.digest = $1 AND d.pepper_version = $2`
 
 // uniqueViolation returns the constraint a unique violation names, or "".
@@ -340,7 +359,11 @@ func uniqueViolation(err error) string {
 // with ExpiresAt at the earlier of the key's expiry and the grace end.
 func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
 	k, err := read(ctx, s, func() (apikey.Key, error) {
-		return row.ScanLookup(s.pool.QueryRow(ctx, lookupSQL, d.Sum[:], d.Version), d.Version)
+		var grace *int64
+		k, err := scanKeyWith(s.pool.QueryRow(ctx, lookupSQL, d.Sum[:], d.Version), &grace)
+		k.ExpiresAt = row.GraceExpiry(k.ExpiresAt, row.Time(grace))
+		k.PepperVersion = d.Version
+		return k, err
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return apikey.Key{}, apikey.ErrNotFound
@@ -351,11 +374,11 @@ func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error)
 	return k, nil
 }
 
-// Get returns a live key by id.
+// Get returns a live key by id, with its workspace's policy.
 func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
 	k, err := read(ctx, s, func() (apikey.Key, error) {
-		return row.ScanKey(s.pool.QueryRow(ctx,
-			`SELECT `+row.KeyCols+` FROM keys k WHERE k.id = $1 AND k.revoked_at IS NULL`, id))
+		return scanKey(s.pool.QueryRow(ctx,
+			`SELECT `+keyCols+` FROM `+keyFrom+` WHERE k.id = $1 AND k.revoked_at IS NULL`, id))
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return apikey.Key{}, apikey.ErrNotFound
@@ -368,11 +391,25 @@ func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
 
 // List returns a workspace's live keys ordered by id, after the cursor; limit <= 0 means all.
 func (s *Store) List(ctx context.Context, workspace, after string, n int) ([]apikey.Key, error) {
-	out, err := query(ctx, s, scanKey, `SELECT `+row.KeyCols+` FROM keys k
+	out, err := query(ctx, s, scanKey, `SELECT `+keyCols+` FROM `+keyFrom+`
 		WHERE k.workspace = $1 AND k.revoked_at IS NULL AND k.id > $2
 		ORDER BY k.id LIMIT $3`, workspace, after, limit(n))
 	if err != nil {
 		return nil, fmt.Errorf("postgres list: %w", err)
+	}
+	return out, nil
+}
+
+// ListUnused is List restricted to keys created before since and not used
+// (last_used_at, set by allowed requests only) since then.
+func (s *Store) ListUnused(ctx context.Context, workspace string, since time.Time, after string, n int) ([]apikey.Key, error) {
+	at := since.UnixMicro()
+	out, err := query(ctx, s, scanKey, `SELECT `+keyCols+` FROM `+keyFrom+`
+		WHERE k.workspace = $1 AND k.revoked_at IS NULL AND k.id > $2
+			AND k.created_at < $3 AND (k.last_used_at IS NULL OR k.last_used_at < $3)
+		ORDER BY k.id LIMIT $4`, workspace, after, at, limit(n))
+	if err != nil {
+		return nil, fmt.Errorf("postgres list unused: %w", err)
 	}
 	return out, nil
 }
@@ -393,12 +430,52 @@ func collect[T any](rows pgx.Rows, scan func(row.Scanner) (T, error)) ([]T, erro
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (T, error) { return scan(r) })
 }
 
-// scanKey reads row.KeyCols from one row.
-func scanKey(sc row.Scanner) (apikey.Key, error) { return row.ScanKey(sc) }
+// scanKey reads keyCols from one row.
+func scanKey(sc row.Scanner) (apikey.Key, error) { return scanKeyWith(sc) }
+
+// scanKeyWith reads keyCols, plus extra destinations, from one row.
+func scanKeyWith(sc row.Scanner, extra ...any) (apikey.Key, error) {
+	var (
+		disabled, wsDisabled bool
+		rate, grants         string
+	)
+	k, err := row.ScanKey(sc, append([]any{&disabled, &rate, &grants, &wsDisabled}, extra...)...)
+	if err != nil {
+		return apikey.Key{}, err
+	}
+	k.Disabled = disabled
+	if k.Space, err = decodePolicy(rate, grants, wsDisabled); err != nil {
+		return apikey.Key{}, fmt.Errorf("key %s: workspace record: %w", k.ID, err)
+	}
+	return k, nil
+}
+
+// changeCols are the changes columns scanChange reads, in its order.
+const changeCols = row.ChangeCols + `, workspace`
+
+// scanChange reads changeCols from one row.
+func scanChange(sc row.Scanner) (apikey.Change, error) {
+	var (
+		c    apikey.Change
+		at   int64
+		kind string
+		ds   []byte
+	)
+	if err := sc.Scan(&c.Seq, &at, &c.KeyID, &kind, &ds, &c.Workspace); err != nil {
+		return c, err
+	}
+	c.At = time.UnixMicro(at).UTC()
+	c.Kind = apikey.ChangeKind(kind)
+	var err error
+	if c.Digests, err = row.SplitDigests(ds); err != nil {
+		return c, fmt.Errorf("seq %d: %w", c.Seq, err)
+	}
+	return c, nil
+}
 
 // Changes returns feed entries with Seq > after, oldest first; limit <= 0 means all.
 func (s *Store) Changes(ctx context.Context, after int64, n int) ([]apikey.Change, error) {
-	out, err := query(ctx, s, row.ScanChange, `SELECT `+row.ChangeCols+` FROM changes
+	out, err := query(ctx, s, scanChange, `SELECT `+changeCols+` FROM changes
 		WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit(n))
 	if err != nil {
 		return nil, fmt.Errorf("postgres changes: %w", err)
@@ -443,8 +520,10 @@ func (s *Store) Events(ctx context.Context, workspace string, after int64, n int
 
 // ---------------------------------------------------------------- writes
 
-// Create stores a new key and its digest, atomically with the workspace limit and
-// live-name checks (under the workspace's advisory lock). A zero ID or CreatedAt is filled in.
+// Create stores a new key and its digest, atomically with the workspace limit
+// (the workspace record's max_keys when set, else nk.Max) and live-name checks,
+// under the workspace's advisory lock. A zero ID or CreatedAt is filled in; the
+// key comes back with its workspace's policy, as Get returns it.
 func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error) {
 	k, at, grants, meta, err := row.NewKey(nk.Key)
 	if err != nil {
@@ -457,20 +536,34 @@ func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error
 			return fmt.Errorf("postgres create: lock workspace: %w", err)
 		}
 		var (
-			n     int
-			taken bool
+			n                int
+			recMax           *int
+			taken            bool
+			wsRate, wsGrants string
+			wsDisabled       bool
 		)
-		if err := tx.QueryRow(ctx, `SELECT COUNT(*), COALESCE(bool_or(name = $2), false) FROM keys
-			WHERE workspace = $1 AND revoked_at IS NULL`, k.Workspace, k.Name).Scan(&n, &taken); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT c.n, c.taken, w.max_keys,
+				COALESCE(w.rate_limit, ''), COALESCE(w.grants, ''), COALESCE(w.disabled, FALSE)
+			FROM (SELECT COUNT(*)::int AS n, COALESCE(bool_or(name = $2), FALSE) AS taken FROM keys
+				WHERE workspace = $1 AND revoked_at IS NULL) c
+			LEFT JOIN workspaces w ON w.id = $1`, k.Workspace, k.Name).Scan(&n, &taken, &recMax, &wsRate, &wsGrants, &wsDisabled); err != nil {
 			return fmt.Errorf("postgres create: count keys: %w", err)
 		}
-		if nk.Max > 0 && n >= nk.Max {
-			return fmt.Errorf("workspace %q holds %d keys (max %d): %w", k.Workspace, n, nk.Max, apikey.ErrLimit)
+		maxKeys := nk.Max
+		if recMax != nil && *recMax > 0 {
+			maxKeys = *recMax
+		}
+		if maxKeys > 0 && n >= maxKeys {
+			return fmt.Errorf("workspace %q holds %d keys (max %d): %w", k.Workspace, n, maxKeys, apikey.ErrLimit)
+		}
+		var err error
+		if k.Space, err = decodePolicy(wsRate, wsGrants, wsDisabled); err != nil {
+			return fmt.Errorf("postgres create: workspace record: %w", err)
 		}
 		if taken {
 			return fmt.Errorf("workspace %q, name %q: %w", k.Workspace, k.Name, apikey.ErrNameTaken)
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO keys (id, workspace, name, display, created_at,
+		_, err = tx.Exec(ctx, `INSERT INTO keys (id, workspace, name, display, created_at,
 			expires_at, not_before, rate_limit, grants, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 			k.ID, k.Workspace, k.Name, k.Display, k.CreatedAt.UnixMicro(), row.Micros(k.ExpiresAt),
 			row.Micros(k.NotBefore), k.RateLimit.String(), grants, meta)
@@ -490,7 +583,7 @@ func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error
 		if err := addEvent(ctx, tx, apikey.Event{At: at, Kind: "created", Workspace: k.Workspace, KeyID: k.ID, Actor: nk.Actor}); err != nil {
 			return err
 		}
-		return appendChange(ctx, tx, at, k.ID, apikey.Created, [][32]byte{nk.Digest.Sum})
+		return appendChange(ctx, tx, at, k.ID, "", apikey.Created, [][32]byte{nk.Digest.Sum})
 	})
 	if err != nil {
 		return apikey.Key{}, err
@@ -517,8 +610,8 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 	var k apikey.Key
 	err := s.write(ctx, func(tx pgx.Tx) error {
 		var err error
-		k, err = row.ScanKey(tx.QueryRow(ctx,
-			`SELECT `+row.KeyCols+` FROM keys k WHERE k.id = $1 AND k.revoked_at IS NULL FOR NO KEY UPDATE`, id))
+		k, err = scanKey(tx.QueryRow(ctx,
+			`SELECT `+keyCols+` FROM `+keyFrom+` WHERE k.id = $1 AND k.revoked_at IS NULL FOR NO KEY UPDATE OF k`, id))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return apikey.ErrNotFound
 		}
@@ -558,7 +651,7 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 		if err := addEvent(ctx, tx, apikey.Event{At: at, Kind: "refreshed", Workspace: k.Workspace, KeyID: id, Actor: actor, Detail: detail}); err != nil {
 			return err
 		}
-		return appendChange(ctx, tx, at, id, apikey.Refreshed, old)
+		return appendChange(ctx, tx, at, id, "", apikey.Refreshed, old)
 	})
 	if err != nil {
 		return apikey.Key{}, err
@@ -586,7 +679,7 @@ func (s *Store) Delete(ctx context.Context, id, actor string) error {
 		if err := addEvent(ctx, tx, apikey.Event{At: at, Kind: "deleted", Workspace: ws, KeyID: id, Actor: actor}); err != nil {
 			return err
 		}
-		return appendChange(ctx, tx, at, id, apikey.Deleted, ds)
+		return appendChange(ctx, tx, at, id, "", apikey.Deleted, ds)
 	})
 }
 
@@ -617,39 +710,8 @@ func (s *Store) Rehash(ctx context.Context, old, d apikey.Digest) error {
 		}
 		// The new digest too: caches may hold a negative entry for it from
 		// before the move, which would deny the key once old is gone.
-		return appendChange(ctx, tx, row.Now(), id, apikey.Rehashed, [][32]byte{d.Sum, old.Sum})
+		return appendChange(ctx, tx, row.Now(), id, "", apikey.Rehashed, [][32]byte{d.Sum, old.Sum})
 	})
-}
-
-// touchSQL updates many keys' last_used_at in one statement. The rows are
-// locked in id order first, so two replicas touching overlapping keys cannot
-// deadlock; a time never moves backwards.
-const touchSQL = `WITH u AS (
-	SELECT * FROM unnest($1::text[], $2::bigint[]) AS u (id, at)
-), l AS (
-	SELECT k.id FROM keys k JOIN u ON u.id = k.id ORDER BY k.id FOR NO KEY UPDATE OF k
-)
-UPDATE keys k SET last_used_at = u.at
-FROM u JOIN l ON l.id = u.id
-WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)`
-
-// Touch records last-used times in one statement; unknown ids are ignored and
-// a time never moves backwards.
-func (s *Store) Touch(ctx context.Context, used map[string]time.Time) error {
-	if len(used) == 0 {
-		return nil
-	}
-	ids := make([]string, 0, len(used))
-	ats := make([]int64, 0, len(used))
-	for id, at := range used {
-		ids = append(ids, id)
-		ats = append(ats, at.UnixMicro())
-	}
-	// Idempotent (times only move forward), so retried like a read.
-	if _, err := read(ctx, s, func() (pgconn.CommandTag, error) { return s.pool.Exec(ctx, touchSQL, ids, ats) }); err != nil {
-		return fmt.Errorf("postgres touch %d keys: %w", len(ids), err)
-	}
-	return nil
 }
 
 // Audit appends an audit event; a zero At is stamped with now.
@@ -682,15 +744,16 @@ func keyDigests(ctx context.Context, tx pgx.Tx, id string) ([][32]byte, error) {
 const appendChangeSQL = `WITH n AS (
 	UPDATE change_seq SET seq = seq + 1 RETURNING seq
 ), c AS (
-	INSERT INTO changes (seq, at, key_id, kind, digests) SELECT seq, $1, $2, $3, $4 FROM n RETURNING seq
+	INSERT INTO changes (seq, at, key_id, kind, digests, workspace) SELECT seq, $1, $2, $3, $4, $5 FROM n RETURNING seq
 )
 SELECT seq, pg_notify('` + Channel + `', seq::text) FROM c`
 
-// appendChange records a change; callers make it the last statement of their
-// transaction, so that the feed's lock is held as briefly as possible.
-func appendChange(ctx context.Context, tx pgx.Tx, at time.Time, id string, kind apikey.ChangeKind, ds [][32]byte) error {
+// appendChange records a change (and so notifies every Listen, workspace
+// changes included); callers make it the last statement of their transaction,
+// so that the feed's lock is held as briefly as possible.
+func appendChange(ctx context.Context, tx pgx.Tx, at time.Time, id, ws string, kind apikey.ChangeKind, ds [][32]byte) error {
 	var seq int64
-	if err := tx.QueryRow(ctx, appendChangeSQL, at.UnixMicro(), id, string(kind), row.JoinDigests(ds)).Scan(&seq, nil); err != nil {
+	if err := tx.QueryRow(ctx, appendChangeSQL, at.UnixMicro(), id, string(kind), row.JoinDigests(ds), ws).Scan(&seq, nil); err != nil {
 		return fmt.Errorf("postgres record change: %w", err)
 	}
 	return nil

@@ -85,6 +85,8 @@ func TestStore(t *testing.T) {
 		{"TouchConcurrentReplicas", testTouchConcurrentReplicas},
 		{"ListenNotifiesOtherReplica", testListenNotifiesOtherReplica},
 		{"ListenDrivesFollower", testListenDrivesFollower},
+		{"ListenDrivesFollowerUpdates", testListenDrivesFollowerUpdates},
+		{"AddUsageConcurrentReplicas", testAddUsageConcurrentReplicas},
 		{"ListenIdlePingKeepsListening", testListenIdlePingKeepsListening},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.test(t, p) })
@@ -560,6 +562,109 @@ func testListenDrivesFollower(t *testing.T, p *testenv.PGProc) {
 		return nil
 	})
 	t.Logf("revoked on B after %v", time.Since(start))
+}
+
+// Key updates and workspace records reach B's cache through the same push:
+// a disabled key, then a disabled workspace, then its grants.
+func testListenDrivesFollowerUpdates(t *testing.T, p *testenv.PGProc) {
+	url := newDB(t, p)
+	a, b := open(t, url, Options{}), open(t, url, Options{})
+	cache, err := keycache.New(b, keycache.Options{Size: 100, TTL: time.Hour}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	f, err := keycache.NewFollower(b, cache, time.Hour, zap.NewNop()) // no polling: push only
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := listen(t, b, func() { _ = f.Poll(ctx) })
+	l.wait(t, 5*time.Second, "initial call")
+
+	nk := storetest.NewKey(t, "acme", "ci")
+	k, err := a.Create(ctxT(t), nk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := func(what string, ok func(apikey.Key) bool) {
+		t.Helper()
+		start := time.Now()
+		testenv.Eventually(t, 500*time.Millisecond, what, func() error {
+			got, err := cache.Lookup(ctxT(t), nk.Digest)
+			if err != nil {
+				return err
+			}
+			if !ok(got) {
+				return fmt.Errorf("B's cached key = disabled %v, space %+v", got.Disabled, got.Space)
+			}
+			return nil
+		})
+		t.Logf("%s after %v", what, time.Since(start))
+	}
+	seen("B caches the key", func(k apikey.Key) bool { return k.Valid(time.Now()) == nil })
+
+	on, off := true, false
+	if _, err := a.Update(ctxT(t), k.ID, apikey.KeyPatch{Disabled: &on}, "t"); err != nil {
+		t.Fatal(err)
+	}
+	seen("B sees A's key update", func(k apikey.Key) bool { return k.Disabled })
+	if _, err := a.Update(ctxT(t), k.ID, apikey.KeyPatch{Disabled: &off}, "t"); err != nil {
+		t.Fatal(err)
+	}
+	seen("B sees the key enabled again", func(k apikey.Key) bool { return !k.Disabled })
+
+	if _, _, err := a.PutWorkspace(ctxT(t), apikey.Workspace{ID: "acme", Disabled: true}, "t"); err != nil {
+		t.Fatal(err)
+	}
+	seen("B sees A's workspace record", func(k apikey.Key) bool { return k.Space.Disabled })
+	grants := []string{"org1/web"}
+	if _, err := a.PatchWorkspace(ctxT(t), "acme", apikey.WorkspacePatch{Disabled: &off, Grants: &grants}, "t"); err != nil {
+		t.Fatal(err)
+	}
+	seen("B sees A's workspace patch", func(k apikey.Key) bool { return !k.Space.Disabled && k.Owns("org1/web/x") })
+}
+
+// Replicas adding usage to the same buckets at once, each in its own row
+// order and over several chunks, neither deadlock nor lose counts.
+func testAddUsageConcurrentReplicas(t *testing.T, p *testenv.PGProc) {
+	url := newDB(t, p)
+	stores := []*Store{open(t, url, Options{}), open(t, url, Options{})}
+	h0 := time.Now().UTC().Truncate(time.Hour).Add(-100 * time.Hour)
+	var rows []apikey.Usage
+	for i := range 3*chunkRows/40 + 1 { // more than 3 chunks
+		for h := range 40 {
+			rows = append(rows, apikey.Usage{KeyID: fmt.Sprintf("key_%03d", i), Hour: h0.Add(time.Duration(h) * time.Hour),
+				Counts: [apikey.NumOutcomes]int64{apikey.OutcomeAllowed: 1, apikey.OutcomeForbidden: 2}})
+		}
+	}
+	const writers, rounds = 4, 5
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			mine := slices.Clone(rows)
+			if w%2 == 1 {
+				slices.Reverse(mine)
+			}
+			for range rounds {
+				if err := stores[w%2].AddUsage(ctxT(t), mine); err != nil {
+					t.Errorf("AddUsage: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var n, allowed, forbidden int64
+	if err := stores[0].pool.QueryRow(ctxT(t), `SELECT count(*), sum(allowed), sum(forbidden) FROM key_usage`).Scan(&n, &allowed, &forbidden); err != nil {
+		t.Fatal(err)
+	}
+	want := int64(len(rows))
+	if n != want || allowed != writers*rounds*want || forbidden != 2*writers*rounds*want {
+		t.Errorf("key_usage = %d rows, %d allowed, %d forbidden; want %d, %d, %d", n, allowed, forbidden,
+			want, writers*rounds*want, 2*writers*rounds*want)
+	}
 }
 
 func TestListenReconnects(t *testing.T) {

@@ -13,9 +13,8 @@ import (
 )
 
 // migrations are applied in order; migrations[i] brings the schema to version i+1.
-// Never edit an applied migration: append a new one. They are the sqlite
-// store's migrations, version for version (row.Schema1 spells both), with
-// these differences:
+// Never edit an applied migration: append a new one. Migration 1 is the
+// sqlite store's (row.Schema1 spells both), with these differences:
 //
 //   - digests are BYTEA instead of BLOB;
 //   - text columns that are compared or ordered (ids, workspace, name) use
@@ -24,6 +23,10 @@ import (
 //   - changes.seq is a plain BIGINT taken from the one-row change_seq counter
 //     (see appendChange), not an identity, so the feed is gapless and numbered
 //     in commit order; audit.seq is an identity column.
+//
+// Migration 2 is PostgreSQL's own spelling of the round-4 tables (workspace
+// records, hourly usage): workspaces.max_keys is NULL when the record sets
+// none, and key_usage.hour is a TIMESTAMPTZ.
 var migrations = []string{
 	// 1: keys, digests, change feed, audit log.
 	row.Schema1(row.Dialect{
@@ -39,6 +42,39 @@ INSERT INTO change_seq (seq) VALUES (0);
 		Seq:      "BIGINT PRIMARY KEY",
 		AuditSeq: "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
 	}),
+	// 2: disabled keys, workspace records, hourly usage counts, the workspace
+	// of a change. Adding a column with a constant default rewrites no table.
+	// key_usage has no foreign key to keys: usage writes never touch the keys
+	// table (rows of a deleted key are harmless and age out with the others).
+	// Its counters are named by apikey.Outcome.String(); hour is the UTC hour start.
+	`ALTER TABLE keys ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE;
+
+CREATE TABLE workspaces (
+	id         TEXT COLLATE "C" PRIMARY KEY,
+	rate_limit TEXT NOT NULL DEFAULT '',
+	max_keys   INTEGER,
+	grants     TEXT NOT NULL DEFAULT '',
+	disabled   BOOLEAN NOT NULL DEFAULT FALSE,
+	created_at BIGINT NOT NULL,
+	updated_at BIGINT NOT NULL
+);
+
+CREATE TABLE key_usage (
+	key_id              TEXT COLLATE "C" NOT NULL,
+	hour                TIMESTAMPTZ NOT NULL,
+	allowed             BIGINT NOT NULL DEFAULT 0,
+	rate_limited        BIGINT NOT NULL DEFAULT 0,
+	forbidden           BIGINT NOT NULL DEFAULT 0,
+	disabled            BIGINT NOT NULL DEFAULT 0,
+	expired             BIGINT NOT NULL DEFAULT 0,
+	revoked             BIGINT NOT NULL DEFAULT 0,
+	not_yet_valid       BIGINT NOT NULL DEFAULT 0,
+	limiter_unavailable BIGINT NOT NULL DEFAULT 0,
+	PRIMARY KEY (key_id, hour)
+);
+CREATE INDEX key_usage_hour ON key_usage (hour);
+
+ALTER TABLE changes ADD COLUMN workspace TEXT COLLATE "C" NOT NULL DEFAULT '';`,
 }
 
 // migrateLock is the pg_advisory_xact_lock key (one bigint) that serializes

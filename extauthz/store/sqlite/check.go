@@ -18,8 +18,8 @@ const checkConns = 4
 // checkSQL selects what the Check path keeps of the key a digest belongs to, in
 // checkRow's order, and the digest's grace end.
 const checkSQL = `SELECT k.id, k.workspace, k.rate_limit, k.grants, k.not_before, k.revoked_at,
-	k.expires_at, d.expires_at
-	FROM digests d JOIN keys k ON k.id = d.key_id
+	k.expires_at, d.expires_at, k.disabled, k.metadata, w.rate_limit, w.grants, w.disabled
+	FROM digests d JOIN keys k ON k.id = d.key_id ` + row.JoinWorkspaceV2 + `
 	WHERE d.digest = ? AND d.pepper_version = ?`
 
 // checkRow indexes the columns of checkSQL.
@@ -32,6 +32,11 @@ const (
 	colRevoked
 	colExpires
 	colGrace
+	colDisabled
+	colMeta
+	colSpaceRate
+	colSpaceGrants
+	colSpaceDisabled
 	checkCols
 )
 
@@ -79,7 +84,8 @@ func (c *checkConn) close() error {
 
 // CheckReader returns a Lookuper for the key cache in front of the Check path.
 // Its Keys carry only what the cache keeps (ID, Workspace, ExpiresAt, NotBefore,
-// RevokedAt, RateLimit, Grants, PepperVersion); Lookup reads the whole record.
+// RevokedAt, RateLimit, Grants, Metadata, Disabled, Space, PepperVersion);
+// Lookup reads the whole record.
 // It reads over connections of its own with a prepared statement, without
 // database/sql's per-query bookkeeping, so a cache miss costs a few allocations.
 func (s *Store) CheckReader() apikey.Lookuper { return checkReader{s} }
@@ -149,10 +155,30 @@ func (c *checkConn) lookup(ctx context.Context, d apikey.Digest) (k apikey.Key, 
 	k.PepperVersion = d.Version
 	rate, _ := vals[colRate].(string)
 	grants, _ := vals[colGrants].(string)
-	if err := row.Decode(&k, rate, grants, ""); err != nil {
+	meta, _ := vals[colMeta].(string)
+	if err := row.Decode(&k, rate, grants, meta); err != nil {
 		return apikey.Key{}, err
 	}
+	k.Disabled = truthy(vals[colDisabled])
+	rate, _ = vals[colSpaceRate].(string)
+	grants, _ = vals[colSpaceGrants].(string)
+	if err := row.DecodePolicy(&k.Space, rate, grants); err != nil {
+		return apikey.Key{}, fmt.Errorf("workspace %s: %w", k.Workspace, err)
+	}
+	k.Space.Disabled = truthy(vals[colSpaceDisabled])
 	return k, nil
+}
+
+// truthy maps a boolean column's value (an integer in SQLite; NULL when the
+// workspace has no record) to a bool.
+func truthy(v driver.Value) bool {
+	switch b := v.(type) {
+	case int64:
+		return b != 0
+	case bool:
+		return b
+	}
+	return false
 }
 
 // microsValue maps a time column's value to a time: zero for NULL, Unix microseconds otherwise.

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"errors"
+	"maps"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -17,7 +18,8 @@ import (
 // checkPart is what CheckReader promises of a Key.
 func checkPart(k apikey.Key) apikey.Key {
 	return apikey.Key{ID: k.ID, Workspace: k.Workspace, ExpiresAt: k.ExpiresAt, NotBefore: k.NotBefore,
-		RevokedAt: k.RevokedAt, RateLimit: k.RateLimit, Grants: k.Grants, PepperVersion: k.PepperVersion}
+		RevokedAt: k.RevokedAt, RateLimit: k.RateLimit, Grants: k.Grants, PepperVersion: k.PepperVersion,
+		Metadata: k.Metadata, Disabled: k.Disabled, Space: k.Space}
 }
 
 func sameCheckPart(t *testing.T, what string, got, want apikey.Key) {
@@ -25,7 +27,8 @@ func sameCheckPart(t *testing.T, what string, got, want apikey.Key) {
 	g, w := checkPart(got), checkPart(want)
 	if g.ID != w.ID || g.Workspace != w.Workspace || !g.ExpiresAt.Equal(w.ExpiresAt) || !g.NotBefore.Equal(w.NotBefore) ||
 		!g.RevokedAt.Equal(w.RevokedAt) || g.RateLimit != w.RateLimit || !slices.Equal(g.Grants, w.Grants) ||
-		g.PepperVersion != w.PepperVersion {
+		g.PepperVersion != w.PepperVersion || !maps.Equal(g.Metadata, w.Metadata) || g.Disabled != w.Disabled ||
+		g.Space.RateLimit != w.Space.RateLimit || !slices.Equal(g.Space.Grants, w.Space.Grants) || g.Space.Disabled != w.Space.Disabled {
 		t.Errorf("%s: CheckReader = %+v, want %+v", what, g, w)
 	}
 	if !g.ExpiresAt.IsZero() && g.ExpiresAt.Location() != time.UTC {
@@ -77,8 +80,30 @@ func TestCheckReaderAgreesWithLookup(t *testing.T) {
 			create("expires-"+name, func(k *apikey.Key) { k.ExpiresAt = at }))
 	}
 
+	// A disabled key, the workspace's record, and a key of a workspace without one.
+	disabled := create("disabled", func(*apikey.Key) {})
+	on := true
+	if _, err := s.Update(ctx, disabled.Key.ID, apikey.KeyPatch{Disabled: &on}, "tester"); err != nil {
+		t.Fatal(err)
+	}
+	space := apikey.Workspace{ID: "acme", RateLimit: apikey.Rate{N: 60, Per: time.Minute}, Grants: []string{"org1", "org2/web"}, Disabled: true}
+	if _, _, err := s.PutWorkspace(ctx, space, "tester"); err != nil {
+		t.Fatal(err)
+	}
+	bare := storetest.NewKey(t, "bare", "k")
+	if _, err := s.Create(ctx, bare); err != nil {
+		t.Fatal(err)
+	}
+
 	r := s.CheckReader()
-	for _, nk := range append([]apikey.NewKey{plain, full, revoked, graceNear, graceFar}, far...) {
+	if got, err := r.Lookup(ctx, disabled.Digest); err != nil || !got.Disabled || !got.Space.Disabled ||
+		got.Space.RateLimit != space.RateLimit || !slices.Equal(got.Space.Grants, space.Grants) {
+		t.Errorf("CheckReader(disabled key of a recorded workspace) = %+v, %v; want Disabled and the record's Space", got, err)
+	}
+	if got, err := r.Lookup(ctx, full.Digest); err != nil || got.Metadata["team"] != "x" {
+		t.Errorf("CheckReader(full).Metadata = %v, %v; want team=x", got.Metadata, err)
+	}
+	for _, nk := range append([]apikey.NewKey{plain, full, revoked, graceNear, graceFar, disabled, bare}, far...) {
 		want, err := s.Lookup(ctx, nk.Digest)
 		if err != nil {
 			t.Fatalf("Lookup(%s): %v", nk.Key.Name, err)

@@ -19,6 +19,8 @@ var migrations = []string{
 		Seq:      "INTEGER PRIMARY KEY AUTOINCREMENT",
 		AuditSeq: "INTEGER PRIMARY KEY AUTOINCREMENT",
 	}),
+	// 2: keys.disabled, workspace records, hourly usage, changes.workspace.
+	row.Schema2(row.Dialect{Text: "TEXT"}),
 }
 
 // Migrate brings the database schema up to date in one transaction. Open calls

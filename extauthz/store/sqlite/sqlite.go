@@ -163,8 +163,8 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 // ---------------------------------------------------------------- queries
 
 // lookupSQL is the Lookup query: the digests primary key, then the keys one.
-const lookupSQL = `SELECT ` + row.KeyCols + `, d.expires_at
-	FROM digests d JOIN keys k ON k.id = d.key_id
+const lookupSQL = `SELECT ` + row.KeyColsV2 + `, d.expires_at
+	FROM digests d JOIN keys k ON k.id = d.key_id ` + row.JoinWorkspaceV2 + `
 	WHERE d.digest = ? AND d.pepper_version = ?`
 
 // querier is what query needs of a *sql.DB or *sql.Tx.
@@ -190,8 +190,11 @@ func query[T any](ctx context.Context, db querier, scan func(row.Scanner) (T, er
 	return out, rows.Err()
 }
 
-// scanKey reads row.KeyCols from one row.
-func scanKey(sc row.Scanner) (apikey.Key, error) { return row.ScanKey(sc) }
+// scanKey reads row.KeyColsV2 from one row.
+func scanKey(sc row.Scanner) (apikey.Key, error) { return row.ScanKeyV2(sc) }
+
+// liveKeySQL reads a live key by id with its workspace's policy.
+const liveKeySQL = `SELECT ` + row.KeyColsV2 + ` FROM ` + row.KeyFromV2 + ` WHERE k.id = ? AND k.revoked_at IS NULL`
 
 // ---------------------------------------------------------------- reads
 
@@ -199,7 +202,7 @@ func scanKey(sc row.Scanner) (apikey.Key, error) { return row.ScanKey(sc) }
 // revoked key comes back with RevokedAt set; a grace digest's key comes back
 // with ExpiresAt at the earlier of the key's expiry and the grace end.
 func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error) {
-	k, err := row.ScanLookup(s.lookup.QueryRowContext(ctx, d.Sum[:], d.Version), d.Version)
+	k, err := row.ScanLookupV2(s.lookup.QueryRowContext(ctx, d.Sum[:], d.Version), d.Version)
 	if errors.Is(err, sql.ErrNoRows) {
 		return apikey.Key{}, apikey.ErrNotFound
 	}
@@ -211,8 +214,7 @@ func (s *Store) Lookup(ctx context.Context, d apikey.Digest) (apikey.Key, error)
 
 // Get returns a live key by id.
 func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
-	k, err := scanKey(s.r.QueryRowContext(ctx,
-		`SELECT `+row.KeyCols+` FROM keys k WHERE k.id = ? AND k.revoked_at IS NULL`, id))
+	k, err := scanKey(s.r.QueryRowContext(ctx, liveKeySQL, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return apikey.Key{}, apikey.ErrNotFound
 	}
@@ -224,7 +226,7 @@ func (s *Store) Get(ctx context.Context, id string) (apikey.Key, error) {
 
 // List returns a workspace's live keys ordered by id, after the cursor; limit <= 0 means all.
 func (s *Store) List(ctx context.Context, workspace, after string, limit int) ([]apikey.Key, error) {
-	out, err := query(ctx, s.r, scanKey, `SELECT `+row.KeyCols+` FROM keys k
+	out, err := query(ctx, s.r, scanKey, `SELECT `+row.KeyColsV2+` FROM `+row.KeyFromV2+`
 		WHERE k.workspace = ? AND k.revoked_at IS NULL AND k.id > ?
 		ORDER BY k.id LIMIT ?`, workspace, after, sqlLimit(limit))
 	if err != nil {
@@ -242,7 +244,7 @@ func sqlLimit(n int) int {
 
 // Changes returns feed entries with Seq > after, oldest first; limit <= 0 means all.
 func (s *Store) Changes(ctx context.Context, after int64, limit int) ([]apikey.Change, error) {
-	out, err := query(ctx, s.r, row.ScanChange, `SELECT `+row.ChangeCols+` FROM changes
+	out, err := query(ctx, s.r, row.ScanChangeV2, `SELECT `+row.ChangeColsV2+` FROM changes
 		WHERE seq > ? ORDER BY seq LIMIT ?`, after, sqlLimit(limit))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite changes: %w", err)
@@ -289,18 +291,29 @@ func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error
 		return apikey.Key{}, fmt.Errorf("sqlite create: %w", err)
 	}
 	err = s.write(ctx, func(tx *sql.Tx) error {
-		if nk.Max > 0 {
+		max := nk.Max
+		rec, err := getWorkspace(ctx, tx, k.Workspace)
+		switch {
+		case err == nil:
+			k.Space = rec.Policy()
+			if rec.MaxKeys > 0 {
+				max = rec.MaxKeys
+			}
+		case !errors.Is(err, apikey.ErrNotFound):
+			return fmt.Errorf("sqlite create: %w", err)
+		}
+		if max > 0 {
 			var n int
 			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM keys
 				WHERE workspace = ? AND revoked_at IS NULL`, k.Workspace).Scan(&n); err != nil {
 				return fmt.Errorf("sqlite create: count keys: %w", err)
 			}
-			if n >= nk.Max {
-				return fmt.Errorf("workspace %q holds %d keys (max %d): %w", k.Workspace, n, nk.Max, apikey.ErrLimit)
+			if n >= max {
+				return fmt.Errorf("workspace %q holds %d keys (max %d): %w", k.Workspace, n, max, apikey.ErrLimit)
 			}
 		}
 		var taken int
-		err := tx.QueryRowContext(ctx, `SELECT 1 FROM keys
+		err = tx.QueryRowContext(ctx, `SELECT 1 FROM keys
 			WHERE workspace = ? AND name = ? AND revoked_at IS NULL`, k.Workspace, k.Name).Scan(&taken)
 		switch {
 		case err == nil:
@@ -318,7 +331,7 @@ func (s *Store) Create(ctx context.Context, nk apikey.NewKey) (apikey.Key, error
 			nk.Digest.Sum[:], k.ID, nk.Digest.Version); err != nil {
 			return fmt.Errorf("sqlite create: insert digest: %w", err)
 		}
-		if err := addChange(ctx, tx, at, k.ID, apikey.Created, [][32]byte{nk.Digest.Sum}); err != nil {
+		if err := addChange(ctx, tx, at, k.ID, k.Workspace, apikey.Created, [][32]byte{nk.Digest.Sum}); err != nil {
 			return err
 		}
 		return addEvent(ctx, tx, apikey.Event{At: at, Kind: "created", Workspace: k.Workspace, KeyID: k.ID, Actor: nk.Actor})
@@ -336,8 +349,7 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 	var k apikey.Key
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var err error
-		k, err = scanKey(tx.QueryRowContext(ctx,
-			`SELECT `+row.KeyCols+` FROM keys k WHERE k.id = ? AND k.revoked_at IS NULL`, id))
+		k, err = scanKey(tx.QueryRowContext(ctx, liveKeySQL, id))
 		if errors.Is(err, sql.ErrNoRows) {
 			return apikey.ErrNotFound
 		}
@@ -373,7 +385,7 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 			return fmt.Errorf("sqlite refresh: display: %w", err)
 		}
 		k.Display = display
-		if err := addChange(ctx, tx, at, id, apikey.Refreshed, old); err != nil {
+		if err := addChange(ctx, tx, at, id, k.Workspace, apikey.Refreshed, old); err != nil {
 			return err
 		}
 		return addEvent(ctx, tx, apikey.Event{At: at, Kind: "refreshed", Workspace: k.Workspace, KeyID: id, Actor: actor, Detail: detail})
@@ -403,7 +415,7 @@ func (s *Store) Delete(ctx context.Context, id, actor string) error {
 		if err != nil {
 			return err
 		}
-		if err := addChange(ctx, tx, at, id, apikey.Deleted, ds); err != nil {
+		if err := addChange(ctx, tx, at, id, ws, apikey.Deleted, ds); err != nil {
 			return err
 		}
 		return addEvent(ctx, tx, apikey.Event{At: at, Kind: "deleted", Workspace: ws, KeyID: id, Actor: actor})
@@ -417,11 +429,11 @@ func (s *Store) Rehash(ctx context.Context, old, d apikey.Digest) error {
 	}
 	return s.write(ctx, func(tx *sql.Tx) error {
 		var (
-			id  string
-			end sql.NullInt64
+			id, ws string
+			end    sql.NullInt64
 		)
-		err := tx.QueryRowContext(ctx, `SELECT key_id, expires_at FROM digests WHERE digest = ? AND pepper_version = ?`,
-			old.Sum[:], old.Version).Scan(&id, &end)
+		err := tx.QueryRowContext(ctx, `SELECT d.key_id, d.expires_at, k.workspace FROM digests d JOIN keys k ON k.id = d.key_id
+			WHERE d.digest = ? AND d.pepper_version = ?`, old.Sum[:], old.Version).Scan(&id, &end, &ws)
 		if errors.Is(err, sql.ErrNoRows) {
 			return apikey.ErrNotFound
 		}
@@ -437,30 +449,7 @@ func (s *Store) Rehash(ctx context.Context, old, d apikey.Digest) error {
 		}
 		// The new digest too: caches may hold a negative entry for it from
 		// before the move, which would deny the key once old is gone.
-		return addChange(ctx, tx, row.Now(), id, apikey.Rehashed, [][32]byte{d.Sum, old.Sum})
-	})
-}
-
-// Touch records last-used times in one transaction; unknown ids are ignored and
-// a time never moves backwards.
-func (s *Store) Touch(ctx context.Context, used map[string]time.Time) error {
-	if len(used) == 0 {
-		return nil
-	}
-	return s.write(ctx, func(tx *sql.Tx) error {
-		st, err := tx.PrepareContext(ctx, `UPDATE keys SET last_used_at = ?
-			WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`)
-		if err != nil {
-			return fmt.Errorf("sqlite touch: %w", err)
-		}
-		defer st.Close()
-		for id, at := range used {
-			us := at.UnixMicro()
-			if _, err := st.ExecContext(ctx, us, id, us); err != nil {
-				return fmt.Errorf("sqlite touch %s: %w", id, err)
-			}
-		}
-		return nil
+		return addChange(ctx, tx, row.Now(), id, ws, apikey.Rehashed, [][32]byte{d.Sum, old.Sum})
 	})
 }
 
@@ -480,9 +469,10 @@ func keyDigests(ctx context.Context, tx *sql.Tx, id string) ([][32]byte, error) 
 	return out, nil
 }
 
-func addChange(ctx context.Context, tx *sql.Tx, at time.Time, id string, kind apikey.ChangeKind, ds [][32]byte) error {
-	if _, err := tx.ExecContext(ctx, `INSERT INTO changes (at, key_id, kind, digests) VALUES (?, ?, ?, ?)`,
-		at.UnixMicro(), id, string(kind), row.JoinDigests(ds)); err != nil {
+// addChange appends a change-feed entry for key id (or "" for a workspace change) of workspace ws.
+func addChange(ctx context.Context, tx *sql.Tx, at time.Time, id, ws string, kind apikey.ChangeKind, ds [][32]byte) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO changes (at, key_id, kind, digests, workspace) VALUES (?, ?, ?, ?, ?)`,
+		at.UnixMicro(), id, string(kind), row.JoinDigests(ds), ws); err != nil {
 		return fmt.Errorf("sqlite record change: %w", err)
 	}
 	return nil

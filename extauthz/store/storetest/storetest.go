@@ -27,7 +27,7 @@ import (
 const Slack = time.Second
 
 // Seed is one key a read-only store must hold when opened; a non-zero
-// Key.RevokedAt marks it revoked.
+// Key.RevokedAt marks it revoked and Key.Disabled true marks it disabled.
 type Seed struct {
 	Key    apikey.Key
 	Digest apikey.Digest
@@ -50,6 +50,12 @@ func Run(t *testing.T, open func(t *testing.T) apikey.Store) {
 		t.Cleanup(func() { _ = s.Close() })
 		for _, sd := range seeds {
 			k := mustCreate(t, s, apikey.NewKey{Key: sd.Key, Digest: sd.Digest, Actor: "seed"})
+			if sd.Key.Disabled {
+				on := true
+				if _, err := s.Update(ctx(t), k.ID, apikey.KeyPatch{Disabled: &on}, "seed"); err != nil {
+					t.Fatalf("seed: Update(%s, disabled): %v", k.ID, err)
+				}
+			}
 			if !sd.Key.RevokedAt.IsZero() {
 				if err := s.Delete(ctx(t), k.ID, "seed"); err != nil {
 					t.Fatalf("seed: Delete(%s): %v", k.ID, err)
@@ -76,6 +82,7 @@ func Run(t *testing.T, open func(t *testing.T) apikey.Store) {
 	t.Run("Touch", func(t *testing.T) { testTouch(t, fresh(t)) })
 	t.Run("LifecycleAudit", func(t *testing.T) { testLifecycleAudit(t, fresh(t)) })
 	t.Run("KeysByPepperAfterWrites", func(t *testing.T) { testKeysByPepperAfterWrites(t, fresh(t)) })
+	runRound4(t, fresh)
 }
 
 // RunReadOnly tests the read side of the contract against a store that cannot be
@@ -106,6 +113,10 @@ func (h harness) runRead(t *testing.T) {
 	t.Run("Audit", func(t *testing.T) { h.testAudit(t) })
 	t.Run("PingClose", func(t *testing.T) { h.testPingClose(t) })
 	t.Run("KeysByPepper", func(t *testing.T) { h.testKeysByPepper(t) })
+	t.Run("Disabled", func(t *testing.T) { h.testDisabled(t) })
+	t.Run("NoWorkspaceRecord", func(t *testing.T) { h.testNoWorkspaceRecord(t) })
+	t.Run("ListUnused", func(t *testing.T) { h.testListUnused(t) })
+	t.Run("UsageEmpty", func(t *testing.T) { h.testUsageEmpty(t) })
 }
 
 // ---------------------------------------------------------------- helpers
@@ -273,6 +284,9 @@ func sameKey(t *testing.T, got, want apikey.Key) {
 	if got.ID != want.ID || got.Workspace != want.Workspace || got.Name != want.Name || got.Display != want.Display {
 		t.Errorf("key = {%s %s %s %s}, want {%s %s %s %s}", got.ID, got.Workspace, got.Name, got.Display,
 			want.ID, want.Workspace, want.Name, want.Display)
+	}
+	if got.Disabled != want.Disabled {
+		t.Errorf("key %s Disabled = %v, want %v", got.ID, got.Disabled, want.Disabled)
 	}
 	sameTime(t, "CreatedAt", got.CreatedAt, want.CreatedAt)
 	sameTime(t, "ExpiresAt", got.ExpiresAt, want.ExpiresAt)
@@ -684,6 +698,26 @@ func testWritesReadOnly(t *testing.T, s apikey.Store, seeds []Seed) {
 	wantErr(t, "Rehash", s.Rehash(ctx(t), a.Digest, NewDigest(t, 2)), apikey.ErrReadOnly)
 	if err := s.Touch(ctx(t), map[string]time.Time{a.Key.ID: time.Now()}); err != nil && !errors.Is(err, apikey.ErrReadOnly) {
 		t.Errorf("Touch: %v, want nil or ErrReadOnly", err)
+	}
+	name, on := "renamed", true
+	_, err = s.Update(ctx(t), a.Key.ID, apikey.KeyPatch{Name: &name, Disabled: &on}, "t")
+	wantErr(t, "Update", err, apikey.ErrReadOnly)
+	_, _, err = s.PutWorkspace(ctx(t), apikey.Workspace{ID: "acme", MaxKeys: 3}, "t")
+	wantErr(t, "PutWorkspace", err, apikey.ErrReadOnly)
+	_, err = s.PatchWorkspace(ctx(t), "acme", apikey.WorkspacePatch{Disabled: &on}, "t")
+	wantErr(t, "PatchWorkspace", err, apikey.ErrReadOnly)
+	hour := time.Now().UTC().Truncate(time.Hour)
+	if err := s.AddUsage(ctx(t), []apikey.Usage{{KeyID: a.Key.ID, Hour: hour, Counts: [apikey.NumOutcomes]int64{1}}}); err != nil && !errors.Is(err, apikey.ErrReadOnly) {
+		t.Errorf("AddUsage: %v, want nil or ErrReadOnly", err)
+	}
+	// Nothing changed.
+	k, err := s.Get(ctx(t), a.Key.ID)
+	if err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	sameKey(t, k, a.Key)
+	if _, err := s.GetWorkspace(ctx(t), "acme"); !errors.Is(err, apikey.ErrNotFound) {
+		t.Errorf("GetWorkspace after PutWorkspace: %v, want ErrNotFound", err)
 	}
 }
 
