@@ -187,7 +187,7 @@ func checkPeppers(ctx context.Context, s apikey.Store, h *apikey.Hasher) error {
 	var missing []string
 	for _, v := range slices.Sorted(maps.Keys(counts)) {
 		if n := counts[v]; n > 0 && !have[v] {
-			missing = append(missing, fmt.Sprintf("version %d (%d %s)", v, n, plural(n, "key", "keys")))
+			missing = append(missing, fmt.Sprintf("version %d (%s)", v, keyCount(n)))
 		}
 	}
 	if len(missing) == 0 {
@@ -237,8 +237,8 @@ func storeHasher(ctx context.Context, cfg *config.Config, embedded, create, chec
 			}
 			switch {
 			case n > 0:
-				return nil, fmt.Errorf("pepper file %s is missing but the store holds %d live %s made with it: restore the file (no key verifies without it)",
-					path, n, plural(n, "key", "keys"))
+				return nil, fmt.Errorf("pepper file %s is missing but the store holds %s made with it: restore the file (no key verifies without it)",
+					path, "live "+keyCount(n))
 			case !create:
 				return nil, fmt.Errorf("no pepper file at %s; run `keyauthz migrate` to create it", path)
 			}
@@ -255,6 +255,18 @@ func storeHasher(ctx context.Context, cfg *config.Config, embedded, create, chec
 		return nil, err
 	}
 	return h, nil
+}
+
+// maxCounted is the most live keys a store counts per pepper version
+// (KeysByPepper stops there: counting them all would read every digest).
+const maxCounted = 1000
+
+// keyCount says n keys, or "1000 or more keys" at the stores' counting bound.
+func keyCount(n int) string {
+	if n >= maxCounted {
+		return fmt.Sprintf("%d or more keys", maxCounted)
+	}
+	return fmt.Sprintf("%d %s", n, plural(n, "key", "keys"))
 }
 
 func plural(n int, one, many string) string {

@@ -273,7 +273,7 @@ func TestUsageAcrossReplicas(t *testing.T) {
 	rs := cluster(t, 3, pg.URL(), cfg)
 	keys := []testenv.Key{
 		rs[0].kz.CreateKey(t, "usage", "limited", "--rate-limit", "300/h"),
-		rs[0].kz.CreateKey(t, "usage", "free"),
+		rs[0].kz.CreateKey(t, "usage", "free", "--rate-limit", "100000/m"),
 	}
 	before := usageWrites(t, pg.URL())
 	var allowed, limited [2]int64

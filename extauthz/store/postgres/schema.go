@@ -73,6 +73,7 @@ CREATE TABLE key_usage (
 	PRIMARY KEY (key_id, hour)
 );
 CREATE INDEX key_usage_hour ON key_usage (hour);
+CREATE INDEX digests_pepper ON digests (pepper_version, key_id);
 
 ALTER TABLE changes ADD COLUMN workspace TEXT COLLATE "C" NOT NULL DEFAULT '';`,
 }
@@ -105,13 +106,21 @@ func (s *Store) Migrate(ctx context.Context) error {
 			}
 			return fmt.Errorf("lock schema: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, stmtTimeout); err != nil {
-			return fmt.Errorf("restore statement_timeout: %w", err)
+		// A migration may build an index over millions of rows: it runs without
+		// statement_timeout, which bounds the Check path's and the API's statements.
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', '0', true)`); err != nil {
+			return fmt.Errorf("lift statement_timeout: %w", err)
 		}
 		applied, err = row.Migrate(migrations,
 			func(q string) error { _, err := tx.Exec(ctx, q); return err },
 			func(q string, n *int) error { return tx.QueryRow(ctx, q).Scan(n) })
-		return err
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, stmtTimeout); err != nil {
+			return fmt.Errorf("restore statement_timeout: %w", err)
+		}
+		return nil
 	})
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package row
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/keyauthz/keyauthz/extauthz/apikey"
@@ -124,13 +125,26 @@ func ScanDigest(sc Scanner) ([32]byte, error) {
 	return d, nil
 }
 
+// MaxPepperCount is the most live keys KeysByPepperSQL counts per pepper
+// version: a count of MaxPepperCount means at least that many. Counting them
+// all would read every digest, seconds on a store of millions of keys.
+const MaxPepperCount = 1000
+
 // KeysByPepperSQL counts the live keys (not revoked) by the pepper version of
-// their usable digests (grace digests until they expire), with one
-// placeholder, ?, for now in Unix microseconds; PostgreSQL callers rewrite it to $1.
-const KeysByPepperSQL = `SELECT d.pepper_version, COUNT(DISTINCT d.key_id)
-	FROM digests d JOIN keys k ON k.id = d.key_id
-	WHERE k.revoked_at IS NULL AND (d.expires_at IS NULL OR d.expires_at > ?)
-	GROUP BY d.pepper_version`
+// their usable digests (grace digests until they expire), up to MaxPepperCount
+// per version, with one placeholder, ?, for now in Unix microseconds;
+// PostgreSQL callers rewrite it to $1. The versions in use are found by a
+// skip scan of the digests_pepper index (one probe per version), and each
+// version's count stops at MaxPepperCount keys: the cost does not grow with the store.
+var KeysByPepperSQL = `WITH RECURSIVE v(version) AS (
+		SELECT MIN(pepper_version) FROM digests
+		UNION ALL
+		SELECT (SELECT MIN(pepper_version) FROM digests WHERE pepper_version > v.version) FROM v WHERE v.version IS NOT NULL
+	)
+	SELECT v.version, (SELECT COUNT(*) FROM (SELECT DISTINCT d.key_id FROM digests d JOIN keys k ON k.id = d.key_id
+		WHERE d.pepper_version = v.version AND k.revoked_at IS NULL AND (d.expires_at IS NULL OR d.expires_at > ?)
+		LIMIT ` + strconv.Itoa(MaxPepperCount) + `) x)
+	FROM v WHERE v.version IS NOT NULL`
 
 // ScanCount reads a (pepper version, count) row of KeysByPepperSQL.
 func ScanCount(sc Scanner) ([2]int, error) {
@@ -143,7 +157,9 @@ func ScanCount(sc Scanner) ([2]int, error) {
 func Counts(rows [][2]int) map[int]int {
 	m := make(map[int]int, len(rows))
 	for _, vc := range rows {
-		m[vc[0]] = vc[1]
+		if vc[1] > 0 { // a version left only on revoked keys or expired grace digests
+			m[vc[0]] = vc[1]
+		}
 	}
 	return m
 }

@@ -45,6 +45,7 @@ CREATE TABLE key_usage (
 {counters}	PRIMARY KEY (key_id, hour)
 );
 CREATE INDEX key_usage_hour ON key_usage (hour);
+CREATE INDEX digests_pepper ON digests (pepper_version, key_id);
 ALTER TABLE changes ADD COLUMN workspace {text} NOT NULL DEFAULT '';`
 
 // Schema2 is migration 2 in d's spelling: keys.disabled, the workspaces and
