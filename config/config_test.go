@@ -59,6 +59,7 @@ func TestErrorsNameThePath(t *testing.T) {
 		{"response: {realm: ''}", "response.realm"},
 		{"ownership: {path_templates: ['/orgs/{org}/x/{org}']}", "ownership.path_templates[0]"},
 		{"ownership: {path_templates: ['/orgs/{or-g}']}", "ownership.path_templates[0]"},
+		{"ownership: {path_templates: ['/orgs/org}']}", "ownership.path_templates[0]"},
 		{"usage: {flush_interval: 0.5s}", "usage.flush_interval"},
 		{"usage: {retention: 24h}", "usage.retention"},
 		{"headers: {metadata: [team, Team]}", "headers.metadata[1]"},

@@ -374,10 +374,10 @@ func checkTemplate(t string) error {
 // Capture returns the name of a path template's capture segment ("{project}"
 // → "project") and whether seg is one.
 func Capture(seg string) (string, bool) {
-	name, ok := strings.CutPrefix(seg, "{")
-	if name, ok = strings.CutSuffix(name, "}"); !ok || name == "" {
+	if len(seg) < 3 || seg[0] != '{' || seg[len(seg)-1] != '}' {
 		return "", false
 	}
+	name := seg[1 : len(seg)-1]
 	for i := 0; i < len(name); i++ {
 		if c := name[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
 			return "", false
