@@ -392,13 +392,27 @@ func grantsField(raw json.RawMessage) ([]string, *apiError) {
 	return g, nil
 }
 
-// boolField reads a flag: null is false.
-func boolField(raw json.RawMessage, name string) (bool, *apiError) {
+// disabledField reads the disabled flag: null is false.
+func disabledField(raw json.RawMessage) (bool, *apiError) {
 	var b bool
 	if isNull(raw) {
 		return false, nil
 	}
-	return b, field(raw, &b, name, "true, false or null")
+	return b, field(raw, &b, "disabled", "true, false or null")
+}
+
+// present parses a field of a merge-patch body into *dst when the body has
+// the field (raw non-nil), leaving *dst nil when it does not.
+func present[T any](raw json.RawMessage, dst **T, parse func(json.RawMessage) (T, *apiError)) *apiError {
+	if raw == nil {
+		return nil
+	}
+	v, e := parse(raw)
+	if e != nil {
+		return e
+	}
+	*dst = &v
+	return nil
 }
 
 // patch returns the workspace patch the body asks for: absent fields are left
@@ -406,12 +420,8 @@ func boolField(raw json.RawMessage, name string) (bool, *apiError) {
 // record, absent and null are alike.
 func (b *workspaceBody) patch() (apikey.WorkspacePatch, *apiError) {
 	var p apikey.WorkspacePatch
-	if b.RateLimit != nil {
-		r, e := rateField(b.RateLimit)
-		if e != nil {
-			return p, e
-		}
-		p.RateLimit = &r
+	if e := present(b.RateLimit, &p.RateLimit, rateField); e != nil {
+		return p, e
 	}
 	if b.MaxKeys != nil {
 		n := 0
@@ -427,19 +437,11 @@ func (b *workspaceBody) patch() (apikey.WorkspacePatch, *apiError) {
 		}
 		p.MaxKeys = &n
 	}
-	if b.Grants != nil {
-		g, e := grantsField(b.Grants)
-		if e != nil {
-			return p, e
-		}
-		p.Grants = &g
+	if e := present(b.Grants, &p.Grants, grantsField); e != nil {
+		return p, e
 	}
-	if b.Disabled != nil {
-		d, e := boolField(b.Disabled, "disabled")
-		if e != nil {
-			return p, e
-		}
-		p.Disabled = &d
+	if e := present(b.Disabled, &p.Disabled, disabledField); e != nil {
+		return p, e
 	}
 	return p, nil
 }
@@ -459,12 +461,8 @@ func (b *keyPatchBody) patch(now time.Time) (apikey.KeyPatch, *apiError) {
 		}
 		p.Name = &s
 	}
-	if b.RateLimit != nil {
-		r, e := rateField(b.RateLimit)
-		if e != nil {
-			return p, e
-		}
-		p.RateLimit = &r
+	if e := present(b.RateLimit, &p.RateLimit, rateField); e != nil {
+		return p, e
 	}
 	if b.ExpiresAt != nil {
 		var t time.Time
@@ -484,12 +482,8 @@ func (b *keyPatchBody) patch(now time.Time) (apikey.KeyPatch, *apiError) {
 		}
 		p.ExpiresAt = &t
 	}
-	if b.Grants != nil {
-		g, e := grantsField(b.Grants)
-		if e != nil {
-			return p, e
-		}
-		p.Grants = &g
+	if e := present(b.Grants, &p.Grants, grantsField); e != nil {
+		return p, e
 	}
 	if b.Metadata != nil {
 		var m map[string]string
@@ -505,12 +499,8 @@ func (b *keyPatchBody) patch(now time.Time) (apikey.KeyPatch, *apiError) {
 		}
 		p.Metadata = &m
 	}
-	if b.Disabled != nil {
-		d, e := boolField(b.Disabled, "disabled")
-		if e != nil {
-			return p, e
-		}
-		p.Disabled = &d
+	if e := present(b.Disabled, &p.Disabled, disabledField); e != nil {
+		return p, e
 	}
 	return p, nil
 }

@@ -23,22 +23,32 @@ func (h *Handler) failSpace(w http.ResponseWriter, r *http.Request, err error) {
 	h.fail(w, r, err)
 }
 
+// workspacePatch reads the workspace of the path and the body of a PUT or
+// PATCH of its record; on bad input it answers the error and returns false.
+func (h *Handler) workspacePatch(w http.ResponseWriter, r *http.Request) (string, apikey.WorkspacePatch, bool) {
+	ws, e := workspace(r)
+	var (
+		b workspaceBody
+		p apikey.WorkspacePatch
+	)
+	if e == nil {
+		e = h.readJSON(r, &b, false)
+	}
+	if e == nil {
+		p, e = b.patch()
+	}
+	if e != nil {
+		writeError(w, e.status(), e)
+		return "", p, false
+	}
+	return ws, p, true
+}
+
 // putWorkspace creates (201) or replaces (200) a workspace record; absent and
 // null fields take their defaults.
 func (h *Handler) putWorkspace(w http.ResponseWriter, r *http.Request, c caller) {
-	ws, e := workspace(r)
-	if e != nil {
-		writeError(w, e.status(), e)
-		return
-	}
-	var b workspaceBody
-	if e := h.readJSON(r, &b, false); e != nil {
-		writeError(w, e.status(), e)
-		return
-	}
-	p, e := b.patch()
-	if e != nil {
-		writeError(w, e.status(), e)
+	ws, p, ok := h.workspacePatch(w, r)
+	if !ok {
 		return
 	}
 	rec := apikey.Workspace{ID: ws}
@@ -60,19 +70,8 @@ func (h *Handler) putWorkspace(w http.ResponseWriter, r *http.Request, c caller)
 
 // patchWorkspace applies a JSON merge patch to a workspace record (404 when there is none).
 func (h *Handler) patchWorkspace(w http.ResponseWriter, r *http.Request, c caller) {
-	ws, e := workspace(r)
-	if e != nil {
-		writeError(w, e.status(), e)
-		return
-	}
-	var b workspaceBody
-	if e := h.readJSON(r, &b, false); e != nil {
-		writeError(w, e.status(), e)
-		return
-	}
-	p, e := b.patch()
-	if e != nil {
-		writeError(w, e.status(), e)
+	ws, p, ok := h.workspacePatch(w, r)
+	if !ok {
 		return
 	}
 	if p == (apikey.WorkspacePatch{}) { // nothing to change: no write, no change, no audit event

@@ -187,7 +187,7 @@ func checkPeppers(ctx context.Context, s apikey.Store, h *apikey.Hasher) error {
 	var missing []string
 	for _, v := range slices.Sorted(maps.Keys(counts)) {
 		if n := counts[v]; n > 0 && !have[v] {
-			missing = append(missing, fmt.Sprintf("version %d (%s)", v, keyCount(n)))
+			missing = append(missing, fmt.Sprintf("version %d (%s)", v, keyCount(n, "")))
 		}
 	}
 	if len(missing) == 0 {
@@ -238,7 +238,7 @@ func storeHasher(ctx context.Context, cfg *config.Config, embedded, create, chec
 			switch {
 			case n > 0:
 				return nil, fmt.Errorf("pepper file %s is missing but the store holds %s made with it: restore the file (no key verifies without it)",
-					path, "live "+keyCount(n))
+					path, keyCount(n, "live "))
 			case !create:
 				return nil, fmt.Errorf("no pepper file at %s; run `keyauthz migrate` to create it", path)
 			}
@@ -261,12 +261,12 @@ func storeHasher(ctx context.Context, cfg *config.Config, embedded, create, chec
 // (KeysByPepper stops there: counting them all would read every digest).
 const maxCounted = 1000
 
-// keyCount says n keys, or "1000 or more keys" at the stores' counting bound.
-func keyCount(n int) string {
+// keyCount says "n <adj>keys", or "1000 or more <adj>keys" at the stores' counting bound.
+func keyCount(n int, adj string) string {
 	if n >= maxCounted {
-		return fmt.Sprintf("%d or more keys", maxCounted)
+		return fmt.Sprintf("%d or more %skeys", maxCounted, adj)
 	}
-	return fmt.Sprintf("%d %s", n, plural(n, "key", "keys"))
+	return fmt.Sprintf("%d %s%s", n, adj, plural(n, "key", "keys"))
 }
 
 func plural(n int, one, many string) string {

@@ -38,12 +38,8 @@ func (s *Store) Update(ctx context.Context, id string, p apikey.KeyPatch, actor 
 	var k apikey.Key
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var err error
-		k, err = scanKey(tx.QueryRowContext(ctx, liveKeySQL, id))
-		if errors.Is(err, sql.ErrNoRows) {
-			return apikey.ErrNotFound
-		}
-		if err != nil {
-			return fmt.Errorf("sqlite update %s: %w", id, err)
+		if k, err = liveKey(ctx, tx, id, "update"); err != nil {
+			return err
 		}
 		fields := row.KeyPatchFields(p)
 		if fields == "" {

@@ -349,12 +349,8 @@ func (s *Store) Refresh(ctx context.Context, id string, d apikey.Digest, display
 	var k apikey.Key
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var err error
-		k, err = scanKey(tx.QueryRowContext(ctx, liveKeySQL, id))
-		if errors.Is(err, sql.ErrNoRows) {
-			return apikey.ErrNotFound
-		}
-		if err != nil {
-			return fmt.Errorf("sqlite refresh %s: %w", id, err)
+		if k, err = liveKey(ctx, tx, id, "refresh"); err != nil {
+			return err
 		}
 		at := row.Now()
 		if _, err := tx.ExecContext(ctx, `DELETE FROM digests WHERE expires_at IS NOT NULL AND expires_at <= ?`,
@@ -509,4 +505,16 @@ func createPrivate(path string, log *zap.Logger) error {
 			zap.String("file", path), zap.String("mode", fmt.Sprintf("%#o", fi.Mode().Perm())))
 	}
 	return nil
+}
+
+// liveKey reads the live key id inside tx (apikey.ErrNotFound when there is none).
+func liveKey(ctx context.Context, tx *sql.Tx, id, op string) (apikey.Key, error) {
+	k, err := scanKey(tx.QueryRowContext(ctx, liveKeySQL, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, apikey.ErrNotFound
+	}
+	if err != nil {
+		return k, fmt.Errorf("sqlite %s %s: %w", op, id, err)
+	}
+	return k, nil
 }
