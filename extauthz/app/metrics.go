@@ -35,15 +35,19 @@ func registerCacheMetrics(reg prometheus.Registerer, c *keycache.Cache, f *keyca
 	)
 }
 
-// registerUsageMetrics exposes the last-use recorder's counters, read at scrape time.
+// registerUsageMetrics exposes the usage recorder's counters, read at scrape time.
 func registerUsageMetrics(reg prometheus.Registerer, r *usage.Recorder) error {
+	counter := func(name, help string, v func(usage.Stats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v(r.Stats())) })
+	}
 	return register(reg,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyauthz_usage_pending_keys", Help: "Keys whose last use waits for the next write to the store."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyauthz_usage_pending_keys", Help: "Key and hour buckets of usage counts and last-use times waiting for the next write to the store."},
 			func() float64 { return float64(r.Stats().Pending) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyauthz_usage_flushes_total", Help: "Batches of last-use times written to the store."},
-			func() float64 { return float64(r.Stats().Flushes) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyauthz_usage_flush_failures_total", Help: "Batches of last-use times the store failed to write (retried later)."},
-			func() float64 { return float64(r.Stats().Failures) }),
+		counter("keyauthz_usage_flushes_total", "Flushes that wrote every usage count and last-use time they took.", func(s usage.Stats) uint64 { return s.Flushes }),
+		counter("keyauthz_usage_flush_failures_total", "Flushes the store failed to write (kept for the next flush).", func(s usage.Stats) uint64 { return s.Failures }),
+		counter("keyauthz_usage_rows_written_total", "Hourly usage rows written to the store (at most one per key and hour per flush).", func(s usage.Stats) uint64 { return s.RowsWritten }),
+		counter("keyauthz_usage_dropped_total", "Uses not counted because too many key and hour buckets were pending (store outage).", func(s usage.Stats) uint64 { return s.Dropped }),
+		counter("keyauthz_usage_pruned_total", "Hourly usage rows dropped after usage.retention.", func(s usage.Stats) uint64 { return s.Pruned }),
 	)
 }
 
