@@ -23,6 +23,7 @@ import (
 type Config struct {
 	GRPC       GRPC                 `yaml:"grpc"`
 	HTTP       HTTP                 `yaml:"http"`
+	HTTPAuthz  HTTPAuthz            `yaml:"http_authz"`
 	Store      Store                `yaml:"store"`
 	Pepper     Pepper               `yaml:"pepper"`
 	Keys       Keys                 `yaml:"keys"`
@@ -36,6 +37,11 @@ type Config struct {
 	Usage      Usage                `yaml:"usage"`
 	Log        Log                  `yaml:"log"`
 	Runtime    Runtime              `yaml:"runtime"`
+	// Mode is enforce (default) or report_only: every decision computed, every
+	// request allowed, would-be denials marked upstream (x-keyauthz-would-deny).
+	Mode Mode `yaml:"mode"`
+	// Throttle limits unknown keys per source address (off unless set).
+	Throttle Throttle `yaml:"throttle"`
 }
 
 // GRPC is the ext_authz and health listener.
@@ -58,16 +64,21 @@ type GRPC struct {
 	MaxConns int `yaml:"max_conns"`
 }
 
-// TLS holds certificate files; ClientCA turns on mutual TLS.
+// TLS holds certificate files; ClientCA turns on mutual TLS. The files are
+// re-read when they change (a Kubernetes ..data swap included) and on SIGHUP.
 type TLS struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
 	ClientCA string `yaml:"client_ca_file"`
+	// ClientSANs, when set, admits only client certificates carrying one of
+	// these URI (spiffe://…) or DNS subject alternative names; needs ClientCA.
+	ClientSANs []string `yaml:"client_sans"`
 }
 
 // HTTP is the health, metrics and admin listener.
 type HTTP struct {
 	Listen string `yaml:"listen"`
+	TLS    TLS    `yaml:"tls"`   // optional TLS / mTLS of the admin, health and metrics port
 	Pprof  bool   `yaml:"pprof"` // serve /debug/pprof (for profiling; keep off in production)
 	// ReadTimeout bounds reading one request, headers and body, from the end of
 	// the previous one (default 5s); a client that trickles its body is cut.
@@ -79,6 +90,24 @@ type HTTP struct {
 	// more than a quarter of the process's open-file limit, so the HTTP port
 	// cannot take the descriptors gRPC needs); further clients wait in the
 	// kernel's accept queue.
+	MaxConns int `yaml:"max_conns"`
+}
+
+// HTTPAuthz is the HTTP authorization listener: the Check decision over plain
+// HTTP for nginx auth_request, Traefik forwardAuth and Envoy's ext_authz
+// http_service. Off unless Listen is set.
+type HTTPAuthz struct {
+	Listen string `yaml:"listen"` // host:port or unix:///path; "" is off
+	// PathPrefix is removed from the path of a request that does not carry
+	// X-Original-URI or X-Forwarded-Uri (Envoy http_service's path_prefix);
+	// a request outside it is answered 404.
+	PathPrefix string `yaml:"path_prefix"`
+	// ReadTimeout bounds reading one request from the end of the previous one (default 5s).
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds a request from the end of its headers to the end of its answer (default 10s).
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// MaxConns caps the open connections of the listener (default 1024; never
+	// more than a quarter of the process's open-file limit).
 	MaxConns int `yaml:"max_conns"`
 }
 
@@ -280,11 +309,14 @@ func Default() Config {
 		},
 		Response:  Response{Body: BodyJSON, Realm: "keyauthz", RateHeaders: RateHeadersBoth, Reset: ResetSeconds},
 		Cache:     Cache{Size: 100_000, TTL: 5 * time.Minute, NegativeSize: 100_000, NegativeTTL: 30 * time.Second},
+		HTTPAuthz: HTTPAuthz{ReadTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second, MaxConns: 1024},
 		RateLimit: RateLimit{Backend: BackendLocal, Default: apikey.Rate{N: 240, Per: time.Minute}, OnError: OnErrorDeny, Timeout: 20 * time.Millisecond},
 		Admin:     Admin{MaxBody: 64 << 10},
 		Usage:     Usage{FlushInterval: time.Minute, Retention: MinRetention},
 		Log:       Log{Level: "info"},
 		Runtime:   Runtime{GCPercent: 100, MemoryLimit: MemoryLimitAuto, MemoryLimitRatio: 0.9},
+		Mode:      ModeEnforce,
+		Throttle:  Throttle{Sources: 100_000},
 	}
 }
 

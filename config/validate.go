@@ -48,6 +48,7 @@ func (c *Config) Validate() error {
 	var p problems
 	c.GRPC.validate(&p)
 	c.HTTP.validate(&p)
+	c.HTTPAuthz.validate(&p)
 	c.Store.validate(&p)
 	c.Pepper.validate(&p)
 	c.Keys.validate(&p)
@@ -61,6 +62,7 @@ func (c *Config) Validate() error {
 	c.Usage.validate(&p)
 	c.Log.validate(&p)
 	c.Runtime.validate(&p)
+	c.validateModes(&p)
 	return errors.Join(p...)
 }
 
@@ -72,12 +74,7 @@ func (g *GRPC) validate(p *problems) {
 	if err := checkListen(g.Listen, true); err != nil {
 		p.add("grpc.listen", "%v", err)
 	}
-	if (g.TLS.CertFile == "") != (g.TLS.KeyFile == "") {
-		p.add("grpc.tls", "cert_file and key_file go together")
-	}
-	if g.TLS.ClientCA != "" && g.TLS.CertFile == "" {
-		p.add("grpc.tls.client_ca_file", "needs cert_file and key_file")
-	}
+	g.TLS.validate(p, "grpc.tls")
 	if g.DrainTimeout <= 0 {
 		p.add("grpc.drain_timeout", "must be positive")
 	}
@@ -95,10 +92,26 @@ func (h *HTTP) validate(p *problems) {
 	if err := checkListen(h.Listen, false); err != nil {
 		p.add("http.listen", "%v", err)
 	}
+	h.TLS.validate(p, "http.tls")
 	if h.MaxConns <= 0 {
 		p.add("http.max_conns", "must be a positive number of connections")
 	}
 	p.positive(map[string]time.Duration{"http.read_timeout": h.ReadTimeout, "http.write_timeout": h.WriteTimeout})
+}
+
+func (h *HTTPAuthz) validate(p *problems) {
+	if h.Listen != "" {
+		if err := checkListen(h.Listen, true); err != nil {
+			p.add("http_authz.listen", "%v", err)
+		}
+	}
+	if pp := h.PathPrefix; pp != "" && (!strings.HasPrefix(pp, "/") || strings.HasSuffix(pp, "/") || strings.ContainsAny(pp, "?#%")) {
+		p.add("http_authz.path_prefix", "%q: want a path such as /authz (starting with /, no trailing /, no ? # %%)", pp)
+	}
+	if h.MaxConns <= 0 {
+		p.add("http_authz.max_conns", "must be a positive number of connections")
+	}
+	p.positive(map[string]time.Duration{"http_authz.read_timeout": h.ReadTimeout, "http_authz.write_timeout": h.WriteTimeout})
 }
 
 func (s *Store) validate(p *problems) {

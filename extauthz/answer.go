@@ -35,13 +35,18 @@ type Answer struct {
 	kinds [2]structpb.Value_StringValue
 
 	md *metaBlock // forwarded key metadata; made on the first answer that forwards any
+
+	marked []*corev3.HeaderValueOption // upstream headers of a report-only allow marked WouldDenyHeader
 }
 
 // Response returns the response a holds (meaningful after DecideInto allowed a request).
 func (a *Answer) Response() *authv3.CheckResponse { return &a.resp }
 
-// fill builds the allowed response for k in a and returns it.
-func (a *Answer) fill(s *Service, k *apikey.Key, rate []*corev3.HeaderValueOption) *authv3.CheckResponse {
+// fill builds the allowed response for k in a and returns it. In report-only
+// mode, mark (a WouldDenyHeader) is added upstream when enforce mode would
+// deny, and clean is set when it would allow: the client's WouldDenyHeader is
+// then removed.
+func (a *Answer) fill(s *Service, k *apikey.Key, rate []*corev3.HeaderValueOption, mark *corev3.HeaderValueOption, clean bool) *authv3.CheckResponse {
 	for i, kv := range [2][2]string{{s.opt.KeyIDHeader, k.ID}, {s.opt.WorkspaceHeader, k.Workspace}} {
 		a.idVals[i] = corev3.HeaderValue{Key: kv[0], Value: kv[1]}
 		a.idOpts[i] = corev3.HeaderValueOption{Header: &a.idVals[i], AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
@@ -54,11 +59,18 @@ func (a *Answer) fill(s *Service, k *apikey.Key, rate []*corev3.HeaderValueOptio
 	a.kinds[0].StringValue, a.kinds[1].StringValue = k.ID, k.Workspace
 
 	headers, remove := a.idPtrs[:], s.remove
+	if clean {
+		remove = s.ro.remove
+	}
 	switch {
 	case len(s.meta) > 0:
-		headers, remove = a.fillMeta(s, k.Metadata)
+		headers, remove = a.fillMeta(s, k.Metadata, clean)
 	case a.md != nil:
 		a.unsetMeta()
+	}
+	if mark != nil {
+		a.marked = append(append(a.marked[:0], headers...), mark)
+		headers = a.marked
 	}
 	a.ok = authv3.OkHttpResponse{Headers: headers, HeadersToRemove: remove, ResponseHeadersToAdd: rate}
 	a.oneof.OkResponse = &a.ok
@@ -152,12 +164,16 @@ func (a *Answer) unsetMeta() {
 // the response's headers and headers to remove. A field the key lacks, or
 // holds empty (Envoy drops an empty header value, which would leave the
 // client's), has its header removed and no dynamic-metadata entry.
-func (a *Answer) fillMeta(s *Service, md map[string]string) ([]*corev3.HeaderValueOption, []string) {
+func (a *Answer) fillMeta(s *Service, md map[string]string, clean bool) ([]*corev3.HeaderValueOption, []string) {
+	remove, noMeta := s.remove, s.noMeta
+	if clean {
+		remove, noMeta = s.ro.remove, s.ro.noMeta
+	}
 	if len(md) == 0 { // most keys: nothing forwarded, every metadata header removed
 		if a.md != nil {
 			a.unsetMeta()
 		}
-		return a.idPtrs[:], s.noMeta
+		return a.idPtrs[:], noMeta
 	}
 	if a.md == nil || len(a.md.vals) < len(s.meta) {
 		if a.md != nil {
@@ -175,7 +191,7 @@ func (a *Answer) fillMeta(s *Service, md map[string]string) ([]*corev3.HeaderVal
 		v := md[f.name]
 		if v == "" {
 			if !missing {
-				m.remove, missing = append(m.remove, s.remove...), true
+				m.remove, missing = append(m.remove, remove...), true
 			}
 			m.remove = append(m.remove, f.header)
 			continue
@@ -196,14 +212,14 @@ func (a *Answer) fillMeta(s *Service, md map[string]string) ([]*corev3.HeaderVal
 	}
 	if n == 0 {
 		a.unsetMeta()
-		return a.idPtrs[:], s.noMeta
+		return a.idPtrs[:], noMeta
 	}
 	if !m.set {
 		a.meta.Fields[MetadataFields] = &m.dyn
 		m.set = true
 	}
 	if !missing {
-		return m.headers, s.remove
+		return m.headers, remove
 	}
 	return m.headers, m.remove
 }

@@ -62,6 +62,12 @@ type Options struct {
 	// Rehash is called when a key matched under an older pepper version; it must not
 	// block, and must hash key before returning: key may alias the request buffer.
 	Rehash func(old apikey.Digest, key string)
+	// ReportOnly (config mode: report_only) allows every request, marking
+	// those enforce mode would deny with WouldDenyHeader; a route's ExtMode
+	// context extension overrides it either way.
+	ReportOnly bool
+	// Throttle limits unknown keys per source (config throttle); zero: off.
+	Throttle ThrottleOptions
 }
 
 // Service implements envoy.service.auth.v3.Authorization.
@@ -83,6 +89,10 @@ type Service struct {
 	now     func() time.Time       // Options.Now; nil for the real clock (a Check's start time is its now)
 	evict   func(sums ...[32]byte) // keys' Evict when keys is a cache, else nil
 	timeLim bool                   // time limiter calls: not the in-process limiter, whose time is all CPU and in the Check's
+	mode    mode                   // Options.ReportOnly: the mode of a route without ExtMode
+	ro      *reportAnswers
+	thr     *throttle                                       // nil when off
+	peek    func(d apikey.Digest) (positive, negative bool) // keys' Cached when keys is a cache, else nil
 }
 
 // evicter is a Keys that caches (keycache.Cache).
@@ -132,6 +142,18 @@ func New(f *apikey.Format, h *apikey.Hasher, keys Keys, lim Limiter, m *Metrics,
 		}
 	}
 	s.resp = newResponses(opt.Body == config.BodyProblem, opt.Realm)
+	s.ro = newReportAnswers(s)
+	if opt.ReportOnly {
+		s.mode = modeReport
+	}
+	if !opt.Throttle.UnknownKeys.IsZero() {
+		if s.thr, err = newThrottle(opt.Throttle, &s.resp); err != nil {
+			return nil, err
+		}
+		if p, ok := keys.(cachedPeeker); ok {
+			s.peek = p.Cached
+		}
+	}
 	return s, nil
 }
 
@@ -142,7 +164,8 @@ func New(f *apikey.Format, h *apikey.Hasher, keys Keys, lim Limiter, m *Metrics,
 // unreachable) are gRPC errors.
 func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	http := req.GetAttributes().GetRequest().GetHttp()
-	r := Request{Path: http.GetPath(), headers: headerSource{m: http.GetHeaders()}, ext: extSource{m: req.GetAttributes().GetContextExtensions()}}
+	r := Request{Path: http.GetPath(), headers: headerSource{m: http.GetHeaders()}, ext: extSource{m: req.GetAttributes().GetContextExtensions()},
+		Source: req.GetAttributes().GetSource().GetAddress().GetSocketAddress().GetAddress()}
 	// An empty headers map is no headers map: proto.Unmarshal makes one, empty, for a
 	// headers field of another wire type, which the fast codec skips as unknown.
 	if len(r.headers.m) == 0 {
@@ -153,7 +176,10 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.
 
 // Request is the part of a CheckRequest the decision reads.
 type Request struct {
-	Path    string // :path as Envoy sends it (query included)
+	Path string // :path as Envoy sends it (query included)
+	// Source is the downstream peer's address (attributes.source.address.socket_address.address),
+	// the throttle's source; the fast codec sets it after NewWireRequest.
+	Source  string
 	headers headerSource
 	ext     extSource
 }
@@ -184,39 +210,58 @@ func (s *Service) Decide(ctx context.Context, req *Request) (*authv3.CheckRespon
 // read-only responses that do not touch a.
 func (s *Service) DecideInto(ctx context.Context, req *Request, a *Answer) (*authv3.CheckResponse, error) {
 	start := time.Now()
-	resp, err := s.decide(ctx, req, a, start)
-	s.metrics.checkTook(time.Since(start), resp == &a.resp, err)
+	resp, res, err := s.decide(ctx, req, a, start)
+	s.metrics.checkTook(time.Since(start), res)
 	return resp, err
 }
 
-// decide is DecideInto for a Check that started at start (its now, unless Options.Now is set).
-func (s *Service) decide(ctx context.Context, req *Request, a *Answer, start time.Time) (*authv3.CheckResponse, error) {
-	key, res := extract(req.headers, s.opt.Headers, s.opt.Bearer)
-	switch res {
-	case keyConflict:
-		s.metrics.deny(reasonConflict)
-		return s.resp.conflict, nil
-	case keyMissing:
-		s.metrics.deny(reasonMissing)
-		return s.resp.unauthorized, nil
-	}
-	if err := s.format.Check(key); err != nil {
-		s.metrics.deny(formatReason(err))
-		return s.resp.unauthorized, nil
-	}
-	k, err := s.lookup(ctx, key)
-	if errors.Is(err, apikey.ErrNotFound) {
-		s.metrics.deny(reasonUnknown)
-		return s.resp.unauthorized, nil
-	}
-	if err != nil {
-		s.metrics.fault(reasonStore)
-		s.log.Warn("key store unavailable", zap.Error(err))
-		return nil, status.Error(codes.Unavailable, "key store unavailable")
-	}
+// decide is DecideInto for a Check that started at start (its now, unless
+// Options.Now is set), also returning the result (a would-be one in
+// report-only mode).
+func (s *Service) decide(ctx context.Context, req *Request, a *Answer, start time.Time) (*authv3.CheckResponse, checkResult, error) {
+	md := s.modeOf(req)
 	now := start
 	if s.now != nil {
 		now = s.now()
+	}
+	key, res := extract(req.headers, s.opt.Headers, s.opt.Bearer)
+	switch res {
+	case keyConflict:
+		return s.refuse(md, reasonConflict, s.resp.conflict, wd400, "", now)
+	case keyMissing:
+		return s.refuse(md, reasonMissing, s.resp.unauthorized, wd401, "", now)
+	}
+	if err := s.format.Check(key); err != nil {
+		return s.refuse(md, formatReason(err), s.resp.unauthorized, wd401, "", now)
+	}
+	var src string // the throttle's source, when on ("": none, not throttled)
+	if s.thr != nil {
+		if src = s.thr.source(req); src != "" {
+			if wait, over := s.thr.over(src, now.UnixNano()); over {
+				if valid, negative := s.cached(key); !valid {
+					if !negative {
+						s.metrics.readAvoided()
+					}
+					return s.refuse(md, reasonThrottled, s.thr.answer(wait), wd429, "", now)
+				}
+			}
+		}
+	}
+	k, err := s.lookup(ctx, key)
+	if errors.Is(err, apikey.ErrNotFound) {
+		if src != "" {
+			s.thr.unknown(src, now.UnixNano())
+		}
+		return s.refuse(md, reasonUnknown, s.resp.unauthorized, wd401, "", now)
+	}
+	if err != nil {
+		s.metrics.fault(md, reasonStore)
+		s.log.Warn("key store unavailable", zap.Error(err))
+		if md == modeReport {
+			s.reportDeny(wd503, reasonStore, "", now)
+			return s.ro.anon[wd503], resError, nil
+		}
+		return nil, resError, status.Error(codes.Unavailable, "key store unavailable")
 	}
 	if err := k.Valid(now); err != nil {
 		if errors.Is(err, apikey.ErrRevoked) && s.opt.RevokedUse != nil {
@@ -225,14 +270,16 @@ func (s *Service) decide(ctx context.Context, req *Request, a *Answer, start tim
 		}
 		reason, o := validReason(err)
 		s.used(k.ID, now, o)
-		s.metrics.deny(reason)
-		return s.resp.unauthorized, nil
+		return s.refuse(md, reason, s.resp.unauthorized, wd401, k.ID, now)
 	}
 	var scratch [128]byte // a resource path joined from several captures
 	if r := resource(req.Path, req.ext, s.tmpl, scratch[:0]); r != "" && !k.Owns(r) {
 		s.used(k.ID, now, apikey.OutcomeForbidden)
-		s.metrics.deny(reasonForbidden)
-		return s.resp.forbidden, nil
+		if md == modeReport { // as in enforce mode, the limiter is not asked
+			return s.refuseKey(a, &k, reasonForbidden, wd403, nil, now)
+		}
+		s.metrics.deny(md, reasonForbidden)
+		return s.resp.forbidden, resDenied, nil
 	}
 	var d ratelimit.Decision
 	if s.timeLim {
@@ -244,25 +291,56 @@ func (s *Service) decide(ctx context.Context, req *Request, a *Answer, start tim
 	}
 	if err != nil {
 		if !errors.Is(err, ratelimit.ErrUnavailable) {
-			s.metrics.fault(reasonLimiter)
+			s.metrics.fault(md, reasonLimiter)
 			s.log.Warn("rate limiter failed", zap.String("key_id", k.ID), zap.Error(err))
-			return nil, status.Error(codes.Unavailable, "rate limiter unavailable")
+			if md == modeReport {
+				s.reportDeny(wd503, reasonLimiter, k.ID, now)
+				return a.fill(s, &k, nil, s.ro.mark[wd503], false), resError, nil
+			}
+			return nil, resError, status.Error(codes.Unavailable, "rate limiter unavailable")
 		}
 		s.metrics.limiterError()
 		if !d.Allowed { // on_error: deny. An outage, not a limit: 503, never 429.
 			s.used(k.ID, now, apikey.OutcomeUnavailable)
-			s.metrics.deny(reasonLimiterDown)
-			return s.resp.unavailable, nil
+			if md == modeReport {
+				return s.refuseKey(a, &k, reasonLimiterDown, wd503, nil, now)
+			}
+			s.metrics.deny(md, reasonLimiterDown)
+			return s.resp.unavailable, resDenied, nil
 		}
 	}
 	if !d.Allowed {
 		s.used(k.ID, now, apikey.OutcomeRateLimited)
-		s.metrics.deny(reasonLimited)
-		return s.resp.limited(d, now, s.opt.RateHeaders, s.opt.Reset), nil
+		if md == modeReport {
+			return s.refuseKey(a, &k, reasonLimited, wd429, a.rate.build(d, now, s.opt.RateHeaders, s.opt.Reset), now)
+		}
+		s.metrics.deny(md, reasonLimited)
+		return s.resp.limited(d, now, s.opt.RateHeaders, s.opt.Reset), resDenied, nil
 	}
 	s.used(k.ID, now, apikey.OutcomeAllowed)
-	s.metrics.allow()
-	return a.fill(s, &k, a.rate.build(d, now, s.opt.RateHeaders, s.opt.Reset)), nil
+	s.metrics.allow(md)
+	return a.fill(s, &k, a.rate.build(d, now, s.opt.RateHeaders, s.opt.Reset), nil, md == modeReport), resAllowed, nil
+}
+
+// cached reports, without a store read, whether the keys' cache holds key as
+// found (valid), under the current pepper or an older one, or else holds its
+// current digest as unknown (negative). Both are false without a cache.
+func (s *Service) cached(key string) (valid, negative bool) {
+	if s.peek == nil {
+		return false, false
+	}
+	valid, negative = s.peek(s.hasher.Sum(key))
+	if valid {
+		return true, false
+	}
+	for _, v := range s.hasher.Older() {
+		if d, err := s.hasher.SumVersion(key, v); err == nil {
+			if pos, _ := s.peek(d); pos {
+				return true, false
+			}
+		}
+	}
+	return false, negative
 }
 
 // used reports a decision about a known key to Options.Used.

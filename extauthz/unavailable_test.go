@@ -11,8 +11,14 @@ import (
 	"github.com/keyauthz/keyauthz/extauthz/ratelimit"
 )
 
-// checksTotal returns keyauthz_checks_total{result, reason} from reg.
+// checksTotal returns keyauthz_checks_total{result, reason, mode="enforce"} from reg.
 func checksTotal(t *testing.T, reg *prometheus.Registry, result, reason string) float64 {
+	t.Helper()
+	return checksTotalMode(t, reg, modeLabels[modeEnforce], result, reason)
+}
+
+// checksTotalMode returns keyauthz_checks_total{result, reason, mode} from reg; -1 when absent.
+func checksTotalMode(t *testing.T, reg *prometheus.Registry, mode, result, reason string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -27,7 +33,7 @@ func checksTotal(t *testing.T, reg *prometheus.Registry, result, reason string) 
 			for _, l := range m.GetLabel() {
 				got[l.GetName()] = l.GetValue()
 			}
-			if got["result"] == result && got["reason"] == reason {
+			if got["result"] == result && got["reason"] == reason && got["mode"] == mode {
 				return m.GetCounter().GetValue()
 			}
 		}

@@ -33,6 +33,7 @@ need_apt() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v redis-cli >/dev/null || missing+=(redis-tools)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx) # e2e: envoy/nginx/nginx.conf
   if ((${#missing[@]})); then
     say "installing ${missing[*]} (Debian packages)"
     [ "$(id -u)" = 0 ] || die "need root to apt-get install ${missing[*]}"
@@ -44,6 +45,8 @@ need_apt() {
   export KEYAUTHZ_REDIS_SERVER=${KEYAUTHZ_REDIS_SERVER:-$(command -v redis-server)}
   [ -x "$KEYAUTHZ_PG_BIN/initdb" ] || die "PostgreSQL initdb not found under $KEYAUTHZ_PG_BIN"
   [ -x "$KEYAUTHZ_REDIS_SERVER" ] || die "redis-server not found"
+  export NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+  [ -x "$NGINX_BIN" ] || die "nginx not found (Debian package nginx)"
   # Redis may have been started by the package install; the tests start their own.
 }
 
@@ -181,6 +184,7 @@ integration() {
 
 e2e() {
   local v bin codec
+  need_apt # nginx for envoy/nginx/nginx.conf; PostgreSQL and Redis for the shared-backend run
   # The newest Envoy with the default (fast) gRPC codec, the older one with the
   # standard codec, so both stay exercised through a real Envoy (TestCodec checks it).
   for v in "$ENVOY_NEW" "$ENVOY_OLD"; do

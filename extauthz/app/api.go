@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/signal"
 
 	"go.uber.org/zap"
 
@@ -14,11 +15,14 @@ import (
 // This file is what the command line (extauthz/cli) uses besides New and Run:
 // the CLI parses flags and loads the config; app builds and runs components.
 
-// Serve applies the Go runtime settings cfg names, builds the App and runs it
+// Serve applies the Go runtime settings cfg names, builds the App and runs it,
+// reloading on SIGHUP (App.Reload),
 // until ctx is done. ctx ending while the App starts (SIGTERM during startup,
 // e.g. while PostgreSQL is retried) is a clean stop: Serve returns nil.
 func Serve(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) error {
 	applyRuntime(cfg.Runtime, log)
+	hup := notifyHUP() // from now on SIGHUP reloads (once serving), never kills
+	defer signal.Stop(hup)
 	a, err := New(ctx, cfg, log, opt)
 	if err != nil && ctx.Err() != nil {
 		log.Info("stopped while starting", zap.NamedError("interrupted", err))
@@ -27,7 +31,7 @@ func Serve(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options)
 	if err != nil {
 		return err
 	}
-	return a.Run(ctx)
+	return a.runReloading(ctx, hup, opt.Reload)
 }
 
 // OpenStore opens the store cfg names once (no retry), creating it or applying

@@ -4,8 +4,6 @@ package app
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"net"
 	"net/http"
@@ -22,7 +20,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -48,6 +45,11 @@ type Options struct {
 	// pepper version the config lacks, as serve always does (the commands
 	// that hash secrets set it; list, audit and delete do not need it).
 	CheckPeppers bool
+	// Level, when set, is the process's log level: SIGHUP applies log.level to it.
+	Level *zap.AtomicLevel
+	// Reload, when set, loads the configuration again (as serve did, flags
+	// applied) for SIGHUP; nil reloads only certificates and the key file.
+	Reload func() (config.Config, error)
 }
 
 // App is a running keyauthz: gRPC Check + health, HTTP health, metrics and admin.
@@ -68,6 +70,8 @@ type App struct {
 	http     *http.Server
 	glis     net.Listener
 	hlis     net.Listener
+	hot      hotState  // what SIGHUP reloads: certificates, admin tokens, log level
+	authz    authzHTTP // http_authz: the decision over plain HTTP; zero when off
 	reg      *prometheus.Registry
 	state    atomic.Int32 // stateStarting, stateReady, stateDegraded, stateStopping
 	bg       *background
@@ -97,6 +101,11 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	if a.format, err = apikey.NewFormat(cfg.Keys.Prefix, cfg.Keys.MaxLength, cfg.Keys.Imported); err != nil {
 		return nil, &config.FieldError{Path: "keys.prefix", Msg: err.Error()}
 	}
+	setGRPCLogger(log.Named("grpc"))
+	a.hot.lvl, a.hot.level = opt.Level, cfg.Log.Level
+	if err = a.loadTLS(&cfg); err != nil { // certificate files first: nothing is created before they are checked
+		return nil, err
+	}
 	// Everything the config names is checked, and the listeners bound, before
 	// the store or the embedded default's pepper is created on disk.
 	if _, err = usesDefaultPepper(&cfg, opt.Embedded); err != nil {
@@ -111,7 +120,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 			return nil, err
 		}
 	}
-	if a.grpc, err = newGRPC(&cfg.GRPC); err != nil {
+	if a.grpc, err = newGRPC(&cfg.GRPC, a.grpcTLS()...); err != nil {
 		return nil, err
 	}
 	if a.glis, err = listen(cfg.GRPC.Listen); err != nil {
@@ -119,6 +128,9 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	}
 	if a.hlis, err = listen(cfg.HTTP.Listen); err != nil {
 		return nil, &config.FieldError{Path: "http.listen", Msg: err.Error()}
+	}
+	if a.authz, err = bindAuthz(&cfg.HTTPAuthz); err != nil {
+		return nil, err
 	}
 	a.store = opt.Store
 	if a.store == nil {
@@ -189,9 +201,11 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		if err != nil {
 			return nil, err
 		}
-		if a.admin, err = admin.New(mgr, toks, admin.Options{MaxBody: cfg.Admin.MaxBody, OnChange: a.follower.Poll, Observe: lat.admin}, log.Named("admin")); err != nil {
+		a.hot.mgr, a.hot.adminOpt = mgr, admin.Options{MaxBody: cfg.Admin.MaxBody, OnChange: a.follower.Poll, Observe: lat.admin}
+		if a.admin, err = admin.New(mgr, toks, a.hot.adminOpt, log.Named("admin")); err != nil {
 			return nil, err
 		}
+		a.hot.admin.Store(a.admin)
 	} else {
 		log.Named("admin").Info(adminOff)
 	}
@@ -205,6 +219,9 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 		Templates: cfg.Ownership.PathTemplates, DefaultRate: cfg.RateLimit.Default, WorkspaceRate: wsRate,
 		Body: cfg.Response.Body, Realm: cfg.Response.Realm, RateHeaders: cfg.Response.RateHeaders, Reset: cfg.Response.Reset,
 		RevokedUse: a.bg.revokedUse, Rehash: a.bg.rehash, Used: a.usage.Used, Metadata: cfg.Headers.Metadata,
+		ReportOnly: cfg.Mode == config.ModeReportOnly,
+		Throttle: extauthz.ThrottleOptions{UnknownKeys: cfg.Throttle.UnknownKeysPerSource,
+			TrustedProxies: cfg.Throttle.TrustedProxies, Sources: cfg.Throttle.Sources},
 	}, log.Named("check"))
 	if err != nil {
 		return nil, err
@@ -218,15 +235,21 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger, opt Options) (
 	}
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	a.glis, a.hlis = limitListeners(a.glis, a.hlis, &cfg, log)
+	if err = a.setupAuthz(); err != nil {
+		return nil, err
+	}
 	a.http = newHTTPServer(&cfg.HTTP, a.routes())
+	a.hlis = a.httpTLS(a.hlis, a.http) // http.tls: admin, health and metrics over TLS
 	return a, nil
 }
 
 // Run serves until ctx is done, then drains: health NOT_SERVING, GracefulStop with
-// the drain deadline, HTTP shutdown, background flushes, then caches and stores close.
+// the drain deadline (http_authz drained alongside, within it), HTTP shutdown,
+// background flushes, then caches and stores close.
 func (a *App) Run(ctx context.Context) error {
 	log := a.log.Named("app")
-	errc := make(chan error, 3) // gRPC, HTTP, a store that fails to open late
+	errc := make(chan error, 4) // gRPC, HTTP, http_authz, a store that fails to open late
+	a.authz.serve(errc)
 	go func() { errc <- a.grpc.Serve(a.glis) }()
 	go func() {
 		if err := a.http.Serve(a.hlis); !errors.Is(err, http.ErrServerClosed) {
@@ -263,8 +286,9 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	}
 	run(a.bg.run)
+	a.runTLS(run) // certificate files re-read every second
 	run(a.usage.Run)
-	log.Info("serving", zap.String("grpc", a.glis.Addr().String()), zap.String("http", a.hlis.Addr().String()),
+	log.Info("serving", zap.String("grpc", a.glis.Addr().String()), zap.String("http", a.hlis.Addr().String()), zap.String("http_authz", a.authz.addr()),
 		zap.String("store", config.RedactURL(a.cfg.Store.URL)), zap.Stringer("ratelimit", a.cfg.RateLimit.Backend),
 		zap.Stringer("codec", a.cfg.GRPC.Codec))
 
@@ -277,6 +301,8 @@ func (a *App) Run(ctx context.Context) error {
 	log.Info("draining", zap.Duration("deadline", a.cfg.GRPC.DrainTimeout))
 	a.state.Store(stateStopping)
 	a.health.Shutdown() // NOT_SERVING for every service, and stays so
+	// The HTTP decisions (http_authz) drain alongside gRPC's, within the same deadline.
+	authzDone := a.authz.drain(a.cfg.GRPC.DrainTimeout, log)
 	done := make(chan struct{})
 	go func() { a.grpc.GracefulStop(); close(done) }()
 	t := time.NewTimer(a.cfg.GRPC.DrainTimeout)
@@ -288,6 +314,7 @@ func (a *App) Run(ctx context.Context) error {
 		a.grpc.Stop()
 		<-done
 	}
+	<-authzDone
 	hctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	_ = a.http.Shutdown(hctx)
 	cancel()
@@ -322,6 +349,7 @@ func (a *App) closeAll() {
 	if a.hlis != nil {
 		_ = a.hlis.Close()
 	}
+	a.authz.close()
 }
 
 // setHealth sets the gRPC health of the server ("") and of the ext_authz service.
@@ -388,6 +416,10 @@ func (a *App) routes() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if p := a.tlsProblem(); p != "" && a.state.Load() != stateStopping { // clients refuse the handshake
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not_ready", "reason": p})
+			return
+		}
 		switch a.state.Load() {
 		case stateReady:
 			if a.feedFailing() {
@@ -405,7 +437,7 @@ func (a *App) routes() http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	if a.admin != nil {
-		mux.Handle("/v1/", a.admin)
+		mux.Handle("/v1/", a.adminHandler()) // SIGHUP may swap in new tokens
 		// The API Access page (extauthz/ui), served only with the admin API it uses.
 		if page, err := ui.New(a.log.Named("ui")); err != nil {
 			a.log.Error("api access page off", zap.Error(err))
@@ -430,7 +462,8 @@ func (a *App) routes() http.Handler {
 // gRPC listener (test/load/cmd/noop uses the same).
 const grpcWindow = 1 << 20
 
-func newGRPC(c *config.GRPC) (*grpc.Server, error) {
+// newGRPC builds the gRPC server of c; extra adds options (TLS credentials).
+func newGRPC(c *config.GRPC, extra ...grpc.ServerOption) (*grpc.Server, error) {
 	var opts []grpc.ServerOption
 	if c.Codec == config.CodecFast {
 		if err := fastgrpc.Supported(); err != nil {
@@ -451,25 +484,7 @@ func newGRPC(c *config.GRPC) (*grpc.Server, error) {
 	)
 	bound := newCallBound(c.RequestTimeout)
 	opts = append(opts, bound.options(c)...) // streams per connection, header size, slow requests
-	if c.TLS.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
-		if err != nil {
-			return nil, &config.FieldError{Path: "grpc.tls", Msg: err.Error()}
-		}
-		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		if c.TLS.ClientCA != "" {
-			pem, err := os.ReadFile(c.TLS.ClientCA)
-			if err != nil {
-				return nil, &config.FieldError{Path: "grpc.tls.client_ca_file", Msg: err.Error()}
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, &config.FieldError{Path: "grpc.tls.client_ca_file", Msg: "no PEM certificates found"}
-			}
-			tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
-		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
-	}
+	opts = append(opts, extra...)            // TLS (extauthz/tlsconf) when grpc.tls is set
 	srv := grpc.NewServer(opts...)
 	bound.srv = srv
 	return srv, nil

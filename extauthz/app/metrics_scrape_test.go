@@ -185,7 +185,10 @@ func TestMetricsScrape(t *testing.T) {
 	hist, counter, gauge := dto.MetricType_HISTOGRAM, dto.MetricType_COUNTER, dto.MetricType_GAUGE
 
 	dur := family(t, fams, "keyauthz_check_duration_seconds", hist, "result")
-	checks := family(t, fams, "keyauthz_checks_total", counter, "reason", "result")
+	checks := family(t, fams, "keyauthz_checks_total", counter, "mode", "reason", "result")
+	if got := value(checks, map[string]string{"mode": "report_only"}); got != 0 {
+		t.Errorf("keyauthz_checks_total{mode=report_only} = %v in enforce mode, want 0", got)
+	}
 	for result, want := range map[string]float64{"allowed": 3, "denied": 3, "error": 0} {
 		if got := value(dur, map[string]string{"result": result}); got != want {
 			t.Errorf("keyauthz_check_duration_seconds{result=%q} count %v, want %v", result, got, want)

@@ -9,7 +9,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // check asks a running server for a decision, as Envoy would, and prints it.
@@ -21,6 +20,11 @@ func (c *cli) check(args []string) error {
 	fs.StringVar(&path, "path", "/", "request path")
 	fs.StringVar(&method, "method", "GET", "request method")
 	fs.StringVar(&server, "server", "", "gRPC address (default: grpc.listen)")
+	var tf tlsFlags
+	fs.StringVar(&tf.caFile, "ca-file", "", "CA (PEM) the server's certificate must chain to (default: grpc.tls.client_ca_file, else the system roots); TLS")
+	fs.StringVar(&tf.certFile, "cert-file", "", "client certificate (PEM) for mutual TLS (default: grpc.tls.cert_file when grpc.tls.client_ca_file is set)")
+	fs.StringVar(&tf.keyFile, "key-file", "", "client certificate's key (PEM), with --cert-file")
+	fs.StringVar(&tf.serverName, "server-name", "", "name the server's certificate must carry (default: the --server host); TLS")
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -43,7 +47,11 @@ func (c *cli) check(args []string) error {
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds, err := checkCreds(&cfg.GRPC, tf, server)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(server, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", server, err)
 	}

@@ -95,7 +95,7 @@ var commands = map[string][2]string{
 	"migrate": {"keyauthz migrate [--config FILE] [--store URL]",
 		"Create the store, or apply its pending schema migrations, and exit. With no config file it\n" +
 			"also creates the pepper beside the SQLite database (version 1) while the store holds no keys."},
-	"check": {"keyauthz check --key K|- [--path /v1/...] [--method GET] [--server ADDR]",
+	"check": {"keyauthz check --key K|- [--path /v1/...] [--method GET] [--server ADDR] [--ca-file F] [--cert-file F --key-file F] [--server-name N]",
 		"Ask a running server for a decision, as Envoy would, and print it as JSON; exit 1 when denied.\n" +
 			"--key - reads the key from stdin, keeping it out of the process list."},
 }
@@ -251,7 +251,8 @@ type common struct {
 	store     string
 	server    string // admin API base URL (keys, audit)
 	tokenFile string
-	hashes    bool // the command hashes secrets (create, refresh): check the store's pepper versions
+	caFile    string // CA of an https:// --server
+	hashes    bool   // the command hashes secrets (create, refresh): check the store's pepper versions
 }
 
 // keyFlags adds the flags of the keys and audit commands.
@@ -267,6 +268,7 @@ func (c *cli) serverFlags(fs *flag.FlagSet, co *common, asJSON *bool) {
 	fs.BoolVar(asJSON, "json", false, "print JSON")
 	fs.StringVar(&co.server, "server", "", "admin API base URL of a running server, e.g. http://127.0.0.1:9002")
 	fs.StringVar(&co.tokenFile, "token-file", "", "file holding the admin token (with --server)")
+	fs.StringVar(&co.caFile, "ca-file", "", "CA (PEM) an https:// --server's certificate must chain to (default: the system roots)")
 }
 
 // keyArgs is what the keys and audit commands share once their flags are parsed.
@@ -411,7 +413,21 @@ func (c *cli) serve(args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	return app.Serve(c.ctx, cfg, c.log, app.Options{Embedded: embedded}) // SIGTERM while starting: nil, a clean stop
+	// SIGHUP: the same config file and flags, read again.
+	reload := func() (config.Config, error) {
+		next, _, err := c.load(co)
+		if err != nil {
+			return next, err
+		}
+		if glisten != "" {
+			next.GRPC.Listen = glisten
+		}
+		if hlisten != "" {
+			next.HTTP.Listen = hlisten
+		}
+		return next, next.Validate()
+	}
+	return app.Serve(c.ctx, cfg, c.log, app.Options{Embedded: embedded, Level: &c.lvl, Reload: reload}) // SIGTERM while starting: nil, a clean stop
 }
 
 func (c *cli) keysCreate(args []string) error {

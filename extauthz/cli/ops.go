@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -48,7 +47,11 @@ func (c *cli) ops(co common) (keyOps, error) {
 		if err != nil {
 			return nil, err
 		}
-		cl, err := admin.NewClient(co.server, tok, &http.Client{Timeout: 30 * time.Second})
+		hc, err := adminHTTPClient(co.caFile)
+		if err != nil {
+			return nil, err
+		}
+		cl, err := admin.NewClient(co.server, tok, hc)
 		if err != nil {
 			return nil, err
 		}

@@ -18,6 +18,12 @@ var errMalformed = errors.New("malformed CheckRequest")
 // Field numbers of the CheckRequest parts the decision reads.
 const (
 	fAttributes        = 1  // CheckRequest.attributes
+	fSource            = 1  // AttributeContext.source (Peer)
+	fPeerAddress       = 1  // Peer.address (config.core.v3.Address)
+	fSocketAddress     = 1  // Address.socket_address, one of the oneof address
+	fPipe              = 2  // Address.pipe, another
+	fInternalAddress   = 3  // Address.envoy_internal_address, another
+	fSocketAddr        = 2  // SocketAddress.address
 	fRequest           = 4  // AttributeContext.request
 	fContextExtensions = 10 // AttributeContext.context_extensions (map<string,string>)
 	fHTTP              = 2  // AttributeContext.Request.http
@@ -42,6 +48,8 @@ type request struct {
 	ext        []extauthz.KV // context_extensions, last wire entry first
 	hmap       []extauthz.KV // header_map entries as sent (value, else raw_value)
 	hasHeaders bool          // the headers map was present (Check then ignores header_map)
+	source     string        // attributes.source.address.socket_address.address
+	socket     bool          // the source's address oneof holds socket_address
 }
 
 // part names a message of CheckRequest that the decoder walks with fields. Its
@@ -90,7 +98,7 @@ func (r *request) decode(b []byte) error {
 
 // reset empties r, dropping references to the previous message's bytes.
 func (r *request) reset() {
-	r.path, r.hasHeaders = "", false
+	r.path, r.hasHeaders, r.source, r.socket = "", false, "", false
 	r.headers = clearPairs(r.headers)
 	r.ext = clearPairs(r.ext)
 	r.hmap = clearPairs(r.hmap)
@@ -158,6 +166,10 @@ func (r *request) fields(b []byte, m part) bool {
 			ok = r.fields(v, mAttributes)
 		case mAttributes | fRequest:
 			ok = r.fields(v, mRequest)
+		case mAttributes | fSource:
+			if ok = validField(attributesSchema, num, v, depthAttributes); ok {
+				r.peer(v)
+			}
 		case mAttributes | fContextExtensions:
 			r.ext, ok = appendEntry(r.ext, v, false)
 		case mRequest | fHTTP:
@@ -180,6 +192,39 @@ func (r *request) fields(b []byte, m part) bool {
 		}
 	}
 	return true
+}
+
+// peer reads the source address from b, a valid Peer, as proto.Unmarshal
+// merges it into what earlier fields set: a later socket_address merges into
+// an earlier one (its address, when set, wins), a pipe or internal address
+// replaces it, and a socket_address after those starts afresh.
+func (r *request) peer(b []byte) {
+	for len(b) > 0 {
+		num, v, rest, _ := next(b)
+		b = rest
+		if num != fPeerAddress {
+			continue
+		}
+		for len(v) > 0 {
+			num, f, rest, _ := next(v)
+			v = rest
+			switch num {
+			case fSocketAddress:
+				if !r.socket {
+					r.source, r.socket = "", true
+				}
+				for len(f) > 0 {
+					num, a, rest, _ := next(f)
+					f = rest
+					if num == fSocketAddr {
+						r.source = str(a)
+					}
+				}
+			case fPipe, fInternalAddress:
+				r.source, r.socket = "", false
+			}
+		}
+	}
 }
 
 // appendEntry appends to p one map<string,string> entry, decoded from b, or

@@ -102,6 +102,10 @@ func wireCases(t testing.TB, fx *fixture) []wireCase {
 		{name: "metadata partial removes the other", wire: checkReq(httpReq(hdr(k, fx.partial), hdr("x-keyauthz-meta-team", "spoofed"))), code: 200},
 		{name: "metadata header_map", wire: checkReq(httpReq(hmap(hv(k, fx.meta, nil), hv("X-Keyauthz-Meta-Plan", "spoofed", nil)))), code: 200},
 		{name: "metadata key forbidden", wire: checkReq(httpReq(path("/organizations/other/x"), hdr(k, fx.meta))), code: 403},
+		{name: "source peer address", wire: checkReq(peerSocket("192.0.2.1"), httpReq(hdr(k, valid))), code: 200},
+		{name: "source pipe replaces socket", wire: checkReq(peerSocket("192.0.2.1"), peerPipe(), httpReq(hdr(k, valid))), code: 200},
+		{name: "source socket after pipe", wire: checkReq(peerPipe(), peerSocket(""), peerSocket("192.0.2.2"), httpReq(hdr(k, unknown))), code: 401},
+		{name: "report-only route", wire: checkReq(ext("keyauthz_mode", "report_only"), httpReq(hdr(k, unknown))), code: 200},
 
 		{name: "invalid utf-8 value", wire: checkReq(httpReq(hdr(k, "\xff"))), protoErr: true, decodeErr: true},
 		{name: "invalid utf-8 elsewhere", wire: checkReq(httpReq(hdr("x-\xff", "y"), hdr(k, valid))), protoErr: true, decodeErr: true},
@@ -164,6 +168,7 @@ func fast(fx *fixture, b []byte) (*authv3.CheckResponse, error, error) {
 		return nil, nil, err
 	}
 	w := extauthz.NewWireRequest(r.path, r.headers, r.ext)
+	w.Source = r.source
 	resp, err := fx.svc.Decide(context.Background(), &w)
 	for i := range buf {
 		buf[i] = 0xAA
@@ -278,6 +283,9 @@ func agree(t *testing.T, r *request, pb *authv3.CheckRequest) {
 	http := pb.GetAttributes().GetRequest().GetHttp()
 	if r.path != http.GetPath() {
 		t.Fatalf("path %q, want %q", r.path, http.GetPath())
+	}
+	if want := pb.GetAttributes().GetSource().GetAddress().GetSocketAddress().GetAddress(); r.source != want {
+		t.Fatalf("source %q, want %q", r.source, want)
 	}
 	if m := http.GetHeaders(); len(m) > 0 { // an empty map is read as absent, as Check does
 		if !r.hasHeaders {

@@ -87,6 +87,12 @@ func newFixture(t testing.TB, lim extauthz.Limiter) *fixture {
 // newFixtureWith is newFixture forwarding the metadata fields meta.
 func newFixtureWith(t testing.TB, lim extauthz.Limiter, meta []string) *fixture {
 	t.Helper()
+	return newFixtureOpts(t, lim, meta, nil)
+}
+
+// newFixtureOpts is newFixtureWith with the service's options changed by mod.
+func newFixtureOpts(t testing.TB, lim extauthz.Limiter, meta []string, mod func(*extauthz.Options)) *fixture {
+	t.Helper()
 	format, err := apikey.NewFormat("kz", 256, false)
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +139,7 @@ func newFixtureWith(t testing.TB, lim extauthz.Limiter, meta []string) *fixture 
 		t.Fatal(err)
 	}
 	def := config.Default()
-	fx.svc, err = extauthz.New(format, h, fx.keys, lim, m, extauthz.Options{
+	opt := extauthz.Options{
 		Headers:     []string{"x-api-key", "salad-api-key"},
 		Bearer:      true,
 		KeyIDHeader: def.Headers.KeyID, WorkspaceHeader: def.Headers.Workspace, Realm: def.Response.Realm,
@@ -144,7 +150,11 @@ func newFixtureWith(t testing.TB, lim extauthz.Limiter, meta []string) *fixture 
 		Now:         func() time.Time { return fixedNow },
 		// As the app's hook does: the digest is computed now, the key never kept.
 		Rehash: func(_ apikey.Digest, key string) { _ = h.Sum(key); fx.rehash.Add(1) },
-	}, zap.NewNop())
+	}
+	if mod != nil {
+		mod(&opt)
+	}
+	fx.svc, err = extauthz.New(format, h, fx.keys, lim, m, opt, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -102,6 +102,7 @@ func (h *handler) check(srv any, ctx context.Context, dec func(any) error, ic gr
 			return nil, status.Error(codes.InvalidArgument, "malformed CheckRequest")
 		}
 		c.wire = extauthz.NewWireRequest(c.req.path, c.req.headers, c.req.ext)
+		c.wire.Source = c.req.source
 		req = &c.wire
 	} else {
 		if ic == nil {
@@ -122,6 +123,7 @@ func (h *handler) fast(ctx context.Context, c *exchange) (any, error) {
 		return nil, status.Error(codes.InvalidArgument, "malformed CheckRequest")
 	}
 	c.wire = extauthz.NewWireRequest(c.req.path, c.req.headers, c.req.ext)
+	c.wire.Source = c.req.source
 	resp, err := h.svc.DecideInto(ctx, &c.wire, &c.ans)
 	c.done() // the answer never points into the request
 	if err != nil || resp != c.ans.Response() {

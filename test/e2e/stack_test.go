@@ -34,6 +34,7 @@ type stack struct {
 	client *http.Client
 	conf   string
 	unix   bool
+	url    string // the front's listener when it is not Envoy (nginx)
 }
 
 // sidecarConfig makes /organizations/{org}/... name the organization a request targets.
@@ -111,7 +112,11 @@ func (s *stack) get(t *testing.T, path string, hv ...string) reply {
 }
 
 func (s *stack) tryGet(t *testing.T, path string, hv ...string) (reply, error) {
-	req, err := http.NewRequest(http.MethodGet, s.envoy.URL+path, nil)
+	base := s.url
+	if base == "" {
+		base = s.envoy.URL
+	}
+	req, err := http.NewRequest(http.MethodGet, base+path, nil)
 	if err != nil {
 		return reply{}, err
 	}

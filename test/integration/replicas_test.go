@@ -249,7 +249,7 @@ func TestRedisOutage(t *testing.T) {
 			}
 			if policy == "deny" {
 				wantOutage(t, r.answer(t, fresh.Secret))
-				wantMetric(t, r, `keyauthz_checks_total{reason="limiter_unavailable",result="denied"}`)
+				wantMetric(t, r, `keyauthz_checks_total{mode="enforce",reason="limiter_unavailable",result="denied"}`)
 			}
 			slices.Sort(took)
 			t.Logf("redis down: 200 checks, median %v, slowest %v", took[len(took)/2], worst)

@@ -155,6 +155,7 @@ func (b bounded) Next(buf []byte, i uint64) ([]byte, error) {
 // with a pass-through codec instead (several times the client CPU per call).
 type Client struct {
 	h2    []*h2conn
+	h1    *h1pool // TransportHTTP1: one keep-alive connection per worker
 	conns []*grpc.ClientConn
 }
 
@@ -162,6 +163,9 @@ type Client struct {
 const (
 	TransportH2   = "h2"
 	TransportGRPC = "grpc"
+	// TransportHTTP1 speaks HTTP/1.1 with keep-alive to keyauthz's http_authz:
+	// requests are whole HTTP requests (httpRequests), answers read to the end.
+	TransportHTTP1 = "http1"
 )
 
 // Dial opens n connections to addr with the transport (TransportH2 or TransportGRPC).
@@ -176,6 +180,9 @@ func Dial(addr string, n int, transport string) (*Client, error) {
 				return nil, fmt.Errorf("dial %s: %w", addr, err)
 			}
 			c.h2 = append(c.h2, h)
+		case TransportHTTP1:
+			c.h1 = &h1pool{addr: addr, conns: map[int]*h1conn{}}
+			return c, nil
 		case TransportGRPC:
 			cc, err := grpc.NewClient("passthrough:///"+addr,
 				grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -197,6 +204,9 @@ func Dial(addr string, n int, transport string) (*Client, error) {
 
 // Close closes the connections.
 func (c *Client) Close() {
+	if c.h1 != nil {
+		c.h1.close()
+	}
 	for _, h := range c.h2 {
 		_ = h.Close()
 	}
@@ -210,6 +220,9 @@ type caller func(ctx context.Context, msg []byte) (int32, error)
 
 // caller returns worker w's way to call: its connection and reusable state.
 func (c *Client) caller(w int) caller {
+	if c.h1 != nil {
+		return c.h1.caller(w)
+	}
 	if len(c.h2) > 0 {
 		conn := c.h2[w%len(c.h2)]
 		k := &h2call{done: make(chan struct{}, 1)}

@@ -73,6 +73,17 @@ type Endpoint struct {
 	S   *Server
 	Src Source
 	Seq *atomic.Uint64 // request numbering (fresh-key sources never repeat a key)
+	// Addr and Transport, when set, reach S another way than its gRPC
+	// listener with l.Transport (keyauthz's http_authz over TransportHTTP1).
+	Addr, Transport string
+}
+
+// dial connects to e as it says, with l's connection count and transport by default.
+func (e *Endpoint) dial(l Load) (*Client, error) {
+	if e.Transport != "" {
+		return Dial(e.Addr, l.Conns, e.Transport)
+	}
+	return Dial(e.S.GRPC, l.Conns, l.Transport)
 }
 
 // Measure warms the server up, runs the saturation windows (closed loop),
@@ -97,7 +108,7 @@ func Measure(ctx context.Context, t Endpoint, ref, peer *Endpoint, key, title st
 		if x.e == nil {
 			continue
 		}
-		c, err := Dial(x.e.S.GRPC, l.Conns, l.Transport)
+		c, err := x.e.dial(l)
 		if err != nil {
 			return m, err
 		}

@@ -294,8 +294,13 @@ func Report(res *Results, command string) string {
 		p("| no-op, interleaved | %d | %.0f | %.2f | %.1f | %.1f | | | | | |", m.Ref.Out.Done, m.Ref.Out.Rate(), m.Ref.Busy(), us(m.Ref.PerCheck()), us(m.Ref.ClientPerCall()))
 		if m.Peer.Out.Done > 0 {
 			peer := m.PeerOf + " (small store)"
-			if m.Key == "c" {
+			switch m.Key {
+			case "c":
 				peer = m.PeerOf + " (-c-peer binary)"
+			case "http":
+				peer = m.PeerOf + " (gRPC: the same keyauthz, same keys)"
+			case "d-throttle":
+				peer = m.PeerOf + " (throttle off: negative cache)"
 			}
 			p("| %s, interleaved | %d | %.0f | %.2f | %.1f | %.1f | | | | | |", peer, m.Peer.Out.Done, m.Peer.Out.Rate(), m.Peer.Busy(), us(m.Peer.PerCheck()), us(m.Peer.ClientPerCall()))
 		}

@@ -123,7 +123,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	}
 	steps := []step{
 		{"noop", r.noop}, {"a", r.scenarioA}, {"b", r.scenarioB}, {"b-pg", r.scenarioBPG}, {"c", r.scenarioC},
-		{"d", r.scenarioD}, {"e", r.scenarioE}, {"f", r.scenarioF}, {"noop", r.noop},
+		{"d", r.scenarioD}, {"d-throttle", r.scenarioDThrottle}, {"e", r.scenarioE}, {"f", r.scenarioF}, {"http", r.scenarioHTTP}, {"noop", r.noop},
 		{"envoy", r.envoy}, {"memory", r.memory}, {"bench", r.bench},
 	}
 	for _, s := range steps {

@@ -34,6 +34,8 @@ type KeyauthzConfig struct {
 	Pprof        bool     // serve /debug/pprof
 	Env          []string // extra environment, e.g. GOMAXPROCS=1
 	GRPCListen   string   // grpc.listen, e.g. unix:///path; "" picks a free loopback port
+	Throttle     string   // throttle.unknown_keys_per_source, e.g. 20/h; "" leaves the throttle off
+	HTTPAuthz    string   // http_authz.listen, host:port; "" leaves the HTTP authorization listener off
 }
 
 // DefaultRate is the scenarios' ratelimit.default: high enough that no
@@ -65,6 +67,12 @@ func (c KeyauthzConfig) yaml(grpcAddr, httpAddr string) string {
 		if c.NegativeSize > 0 {
 			fmt.Fprintf(&b, "  negative_size: %d\n", c.NegativeSize)
 		}
+	}
+	if c.HTTPAuthz != "" {
+		fmt.Fprintf(&b, "http_authz:\n  listen: %q\n", c.HTTPAuthz)
+	}
+	if c.Throttle != "" {
+		fmt.Fprintf(&b, "throttle:\n  unknown_keys_per_source: %q\n", c.Throttle)
 	}
 	b.WriteString("log:\n  level: info\n")
 	return b.String()

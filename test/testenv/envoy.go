@@ -97,11 +97,15 @@ func EnvoyVersion() (string, error) {
 type EnvoyOptions struct {
 	// Config is a file name under envoy/, e.g. "sidecar.yaml".
 	Config string
-	// Keyauthz is keyauthz's gRPC address: "127.0.0.1:PORT" or "unix:///path".
+	// Keyauthz is keyauthz's gRPC address: "127.0.0.1:PORT" or "unix:///path";
+	// empty for a config without one (its keyauthz ports then go in Ports).
 	Keyauthz string
 	// Ports maps a default port of the config (DefaultAppPort, DefaultPublicPort)
 	// to the port the test's server listens on.
 	Ports map[int]int
+	// Replace maps strings of the config (e.g. a certificate directory such as
+	// "/etc/envoy/keyauthz-tls/") to what the test uses; each must occur.
+	Replace map[string]string
 }
 
 // Envoy is a running Envoy.
@@ -151,9 +155,12 @@ func TryRenderEnvoyConfig(o EnvoyOptions) (string, error) {
 	replace(port(DefaultListenPort), "port_value: 0")
 	replace(port(DefaultAdminPort), "port_value: 0")
 	replace(`address:\s*0\.0\.0\.0\b`, "address: 127.0.0.1")
-	if path, ok := strings.CutPrefix(o.Keyauthz, "unix://"); ok {
+	path, unix := strings.CutPrefix(o.Keyauthz, "unix://")
+	switch {
+	case o.Keyauthz == "": // no gRPC endpoint (envoy/http-service.yaml): its keyauthz ports are in o.Ports
+	case unix:
 		replace(`socket_address:\s*\{address:\s*127\.0\.0\.1,\s*`+port(DefaultKeyauthzPort)+`\}`, "pipe: {path: "+path+"}")
-	} else {
+	default:
 		_, p, err := net.SplitHostPort(o.Keyauthz)
 		if err != nil {
 			return "", fmt.Errorf("keyauthz address %q: want host:port or unix:///path", o.Keyauthz)
@@ -162,6 +169,9 @@ func TryRenderEnvoyConfig(o EnvoyOptions) (string, error) {
 	}
 	for from, to := range o.Ports {
 		replace(port(from), "port_value: "+strconv.Itoa(to))
+	}
+	for from, to := range o.Replace {
+		replace(regexp.QuoteMeta(from), to)
 	}
 	if len(errs) > 0 {
 		return "", errs[0]

@@ -60,6 +60,9 @@ type KeyauthzOptions struct {
 	PepperFile string
 	// Codec is grpc.codec, "fast" or "standard"; empty means CodecEnv's value, else "fast".
 	Codec string
+	// GRPCExtra is YAML added to the generated grpc: block, e.g. a tls: block,
+	// each line indented by two spaces.
+	GRPCExtra string
 }
 
 // CodecEnv selects grpc.codec when the options name none: "fast" (default) or "standard".
@@ -161,7 +164,7 @@ func StartKeyauthz(t testing.TB, o KeyauthzOptions) *Keyauthz {
   listen: %q
   drain_timeout: 2s
   codec: %q
-http:
+%shttp:
   listen: %q
 store:
   url: %q
@@ -170,7 +173,7 @@ pepper:
   versions: [{version: 1, file: %q}]
 log:
   level: debug
-%s`, k.GRPCAddr, o.Codec, k.HTTPAddr, o.StoreURL, o.PepperFile, o.Extra)
+%s`, k.GRPCAddr, o.Codec, o.GRPCExtra, k.HTTPAddr, o.StoreURL, o.PepperFile, o.Extra)
 	if err := os.WriteFile(k.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatalf("write keyauthz config: %v", err)
 	}

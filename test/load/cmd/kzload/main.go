@@ -44,7 +44,7 @@ func run() int {
 	flag.IntVar(&o.StoreKeys, "keys", 1_000_000, "keys in the large SQLite store of scenario b")
 	flag.IntVar(&o.PGKeys, "pg-keys", 10_000_000, "keys in the PostgreSQL store of scenario b-pg")
 	flag.Uint64Var(&o.Seed, "seed", 1, "seed of the generated keys and pepper")
-	flag.StringVar(&scen, "scenarios", "all", "comma-separated: noop,a,b,b-pg,c,d,e,f,envoy,memory,bench or all")
+	flag.StringVar(&scen, "scenarios", "all", "comma-separated: noop,a,b,b-pg,c,d,d-throttle,e,f,http,envoy,memory,bench or all")
 	flag.BoolVar(&o.Pin, "pin", true, "pin the server under test to CPU 0 and the client to CPU 1 (taskset)")
 	profile := flag.String("profile", "a,b", "comma-separated scenarios whose keyauthz gets CPU-profiled (http.pprof) in two extra windows; \"\" for none")
 	flag.StringVar(&o.KeyauthzBin, "keyauthz", os.Getenv("KEYAUTHZ_BIN"), "keyauthz binary (default: $KEYAUTHZ_BIN, else built like test/run.sh)")
