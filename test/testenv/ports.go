@@ -41,8 +41,21 @@ func FreePort(t testing.TB) int {
 	return p
 }
 
-// TryFreePort returns a loopback TCP port that was free a moment ago.
+// TryFreePort returns a loopback TCP port that was free a moment ago, chosen
+// below the kernel's ephemeral range (32768 and up on Linux): a port the
+// kernel hands out for port 0 is also what it picks for the local end of
+// outgoing connections, so between this call and a server's bind another
+// process's client could take it ("address already in use").
 func TryFreePort() (int, error) {
+	for range 100 {
+		port := minPort + rand.IntN(maxPort-minPort)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port, nil
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -50,6 +63,10 @@ func TryFreePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// minPort and maxPort bound the ports TryFreePort picks from (below the
+// ephemeral range, above the well-known and most registered service ports).
+const minPort, maxPort = 12000, 32000 // freePortPair needs maxPort-minPort >= 2×10000
 
 // FreeAddr returns "127.0.0.1:PORT" for a port that was free a moment ago
 // (nothing listens on it: a connection is refused).
@@ -75,7 +92,7 @@ func TryFreeAddr() (string, error) {
 // port+10000 (a Redis cluster node's bus port).
 func freePortPair() (int, error) {
 	for range 50 {
-		port := 20000 + rand.IntN(20000)
+		port := minPort + rand.IntN((maxPort-minPort)/2) // both below the ephemeral range
 		a, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
 			continue
