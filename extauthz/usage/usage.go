@@ -49,12 +49,46 @@ const (
 	pruneTimeout = time.Minute
 )
 
-// bucket is one key's uses in one hour.
+// bucket is one key's counts in one hour, kept small (32 bytes) because
+// every key used between two flushes has one: the allowed count inline, the
+// rarer denials behind a pointer made at the first one. Counts are uint32:
+// one replica counts one key for at most an hour per bucket, far below 2^32
+// (they saturate rather than wrap).
 type bucket struct {
-	hour   int64 // the hour's start in Unix seconds (UTC)
-	counts [apikey.NumOutcomes]int64
-	last   int64   // latest allowed use not yet touched, Unix nanoseconds; 0 = none
-	next   *bucket // the key's bucket of another hour (an hour rollover, or counts put back), newest first
+	next    *bucket                         // the key's bucket of another hour (an hour rollover, or counts put back), newest first
+	denied  *[apikey.NumOutcomes - 1]uint32 // denials by outcome (index o-1); nil until the first
+	last    int64                           // latest allowed use not yet touched, Unix nanoseconds; 0 = none
+	hour    int32                           // hours since the Unix epoch (UTC)
+	allowed uint32
+}
+
+// add counts n decisions of outcome o.
+func (b *bucket) add(o apikey.Outcome, n int64) {
+	if o == apikey.OutcomeAllowed {
+		b.allowed = sat(b.allowed, n)
+		return
+	}
+	if b.denied == nil {
+		b.denied = new([apikey.NumOutcomes - 1]uint32)
+	}
+	b.denied[o-1] = sat(b.denied[o-1], n)
+}
+
+// counts returns the bucket's counts by outcome.
+func (b *bucket) counts() [apikey.NumOutcomes]int64 {
+	var c [apikey.NumOutcomes]int64
+	c[apikey.OutcomeAllowed] = int64(b.allowed)
+	if b.denied != nil {
+		for i, n := range b.denied {
+			c[i+1] = int64(n)
+		}
+	}
+	return c
+}
+
+// sat returns c+n, saturated at the largest uint32.
+func sat(c uint32, n int64) uint32 {
+	return uint32(min(int64(c)+max(n, 0), 1<<32-1))
 }
 
 // shard is one locked part of the pending buckets: key id -> its buckets.
@@ -106,14 +140,14 @@ func New(s Store, interval, retention time.Duration, log *zap.Logger) (*Recorder
 	return r, nil
 }
 
-// hourOf returns the start of t's UTC hour in Unix seconds.
-func hourOf(t time.Time) int64 {
+// hourOf returns t's UTC hour as hours since the Unix epoch.
+func hourOf(t time.Time) int32 {
 	s := t.Unix()
-	h := s - s%3600
+	h := s / 3600
 	if s%3600 < 0 {
-		h -= 3600
+		h--
 	}
-	return h
+	return int32(h)
 }
 
 // Used counts one decision o about keyID made at at. It never blocks on the
@@ -126,7 +160,7 @@ func (r *Recorder) Used(keyID string, at time.Time, o apikey.Outcome) {
 	s := r.shard(keyID)
 	s.mu.Lock()
 	if b := r.bucket(s, keyID, hourOf(at), 1); b != nil {
-		b.counts[o]++
+		b.add(o, 1)
 		if o == apikey.OutcomeAllowed {
 			b.last = max(b.last, at.UnixNano())
 		}
@@ -141,7 +175,7 @@ func (r *Recorder) shard(id string) *shard {
 
 // bucket returns id's bucket of hour, making it when there is room, or nil
 // (counting uses as dropped) when there is none; called with s.mu held.
-func (r *Recorder) bucket(s *shard, id string, hour int64, uses uint64) *bucket {
+func (r *Recorder) bucket(s *shard, id string, hour int32, uses uint64) *bucket {
 	first := s.m[id]
 	for b := first; b != nil; b = b.next {
 		if b.hour == hour {
@@ -215,9 +249,8 @@ func (r *Recorder) take() ([]apikey.Usage, map[string]time.Time) {
 			for id, b := range s.m {
 				for ; b != nil; b = b.next {
 					n++
-					var zero [apikey.NumOutcomes]int64
-					if b.counts != zero {
-						rows = append(rows, apikey.Usage{KeyID: id, Hour: time.Unix(b.hour, 0).UTC(), Counts: b.counts})
+					if b.allowed != 0 || b.denied != nil {
+						rows = append(rows, apikey.Usage{KeyID: id, Hour: time.Unix(int64(b.hour)*3600, 0).UTC(), Counts: b.counts()})
 					}
 					if b.last != 0 {
 						if last == nil {
@@ -254,7 +287,9 @@ func (r *Recorder) putBackRows(rows []apikey.Usage) {
 		s.mu.Lock()
 		if b := r.bucket(s, u.KeyID, hourOf(u.Hour), uint64(u.Total())); b != nil {
 			for o, n := range u.Counts {
-				b.counts[o] += n
+				if n > 0 {
+					b.add(apikey.Outcome(o), n)
+				}
 			}
 		}
 		s.mu.Unlock()

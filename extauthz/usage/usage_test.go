@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -409,4 +410,21 @@ func BenchmarkUsed(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// TestBucketCountsSaturate: a count never wraps around (a wrapped uint32
+// would report 4 billion requests as a handful).
+func TestBucketCountsSaturate(t *testing.T) {
+	var b bucket
+	b.add(apikey.OutcomeAllowed, 1<<32-2)
+	b.add(apikey.OutcomeAllowed, 5)
+	b.add(apikey.OutcomeForbidden, 3)
+	b.add(apikey.OutcomeForbidden, -1) // ignored, as a put-back never sends one
+	c := b.counts()
+	if c[apikey.OutcomeAllowed] != 1<<32-1 || c[apikey.OutcomeForbidden] != 3 || c[apikey.OutcomeRateLimited] != 0 {
+		t.Fatalf("counts %v", c)
+	}
+	if got := unsafe.Sizeof(b); got != 32 {
+		t.Fatalf("bucket is %d bytes, want 32 (one per key used between flushes)", got)
+	}
 }
