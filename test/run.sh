@@ -117,6 +117,8 @@ unit() {
   say "unit tests (-race)"
   go test -race -count=1 ./...
   go test -race -count=1 -tags vtprotobuf ./extauthz/fastgrpc/ ./extauthz/app/
+  say "allocation tests without the race detector (which makes them skip)"
+  go test -count=1 -run 'NoAlloc|DoesNotAllocate' ./extauthz/
   say "benchmarks compile and run once"
   go test -run '^$' -bench . -benchtime 1x ./... >/dev/null
 }

@@ -285,20 +285,10 @@ type keyArgs struct {
 func (c *cli) keyCmd(name string, args []string, npos int, needWS bool, more func(*flag.FlagSet)) (keyArgs, error) {
 	var k keyArgs
 	fs := c.keyFlags(name, &k.co, &k.ws, &k.asJSON)
-	if more != nil {
-		more(fs)
-	}
-	pos, err := parse(fs, args)
-	if err != nil {
+	var err error
+	if k.pos, err = positional(fs, more, args, npos, name+" takes one KEY_ID"); err != nil {
 		return k, err
 	}
-	switch {
-	case len(pos) != npos && npos == 0:
-		return k, usageError(name + " takes no arguments")
-	case len(pos) != npos:
-		return k, usageError(name + " takes one KEY_ID")
-	}
-	k.pos = pos
 	if k.ws == "" {
 		if needWS {
 			return k, usageError(name + ": --workspace is required")
@@ -309,6 +299,25 @@ func (c *cli) keyCmd(name string, args []string, npos int, needWS bool, more fun
 		return k, explain(err, k.ws)
 	}
 	return k, nil
+}
+
+// positional adds the command's own flags (more, when not nil) to fs, parses
+// args and returns the positional arguments, which must number npos (one is
+// described by one, for the error).
+func positional(fs *flag.FlagSet, more func(*flag.FlagSet), args []string, npos int, one string) ([]string, error) {
+	if more != nil {
+		more(fs)
+	}
+	pos, err := parse(fs, args)
+	switch {
+	case err != nil:
+		return nil, err
+	case len(pos) != npos && npos == 0:
+		return nil, usageError(fs.Name() + " takes no arguments")
+	case len(pos) != npos:
+		return nil, usageError(one)
+	}
+	return pos, nil
 }
 
 // withOps runs f on the store or admin API the common flags name, then closes it.

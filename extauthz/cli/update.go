@@ -238,22 +238,12 @@ func (c *cli) wsCmd(name string, args []string, npos int, more func(*flag.FlagSe
 	var k keyArgs
 	fs := c.flags(name, &k.co)
 	c.serverFlags(fs, &k.co, &k.asJSON)
-	if more != nil {
-		more(fs)
-	}
-	pos, err := parse(fs, args)
-	if err != nil {
+	var err error
+	if k.pos, err = positional(fs, more, args, npos, name+" takes one workspace id WS"); err != nil {
 		return k, err
 	}
-	switch {
-	case len(pos) != npos && npos == 0:
-		return k, usageError(name + " takes no arguments")
-	case len(pos) != npos:
-		return k, usageError(name + " takes one workspace id WS")
-	}
-	k.pos = pos
 	if npos == 1 {
-		k.ws = pos[0]
+		k.ws = k.pos[0]
 		if err := apikey.CheckWorkspace(k.ws); err != nil {
 			return k, explain(err, k.ws)
 		}

@@ -518,23 +518,32 @@ func testListenNotifiesOtherReplica(t *testing.T, p *testenv.PGProc) {
 	}
 }
 
-// The wiring the app uses: B's cache follows A's writes through Listen → Follower.Poll.
-func testListenDrivesFollower(t *testing.T, p *testenv.PGProc) {
+// pushedPair opens stores A and B on a fresh database and B's cache, whose
+// follower polls only when B's LISTEN calls it (the app's wiring, push only);
+// it returns A, the cache and the follower after the initial call.
+func pushedPair(t *testing.T, p *testenv.PGProc) (*Store, *keycache.Cache, *keycache.Follower) {
+	t.Helper()
 	url := newDB(t, p)
 	a, b := open(t, url, Options{}), open(t, url, Options{})
 	cache, err := keycache.New(b, keycache.Options{Size: 100, TTL: time.Hour}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cache.Close()
+	t.Cleanup(func() { cache.Close() })
 	f, err := keycache.NewFollower(b, cache, time.Hour, zap.NewNop()) // no polling: push only
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	l := listen(t, b, func() { _ = f.Poll(ctx) })
 	l.wait(t, 5*time.Second, "initial call")
+	return a, cache, f
+}
+
+// The wiring the app uses: B's cache follows A's writes through Listen → Follower.Poll.
+func testListenDrivesFollower(t *testing.T, p *testenv.PGProc) {
+	a, cache, f := pushedPair(t, p)
 	if !f.Healthy() {
 		t.Fatalf("follower not started by the initial onChange (failing since %v)", f.FailingSince())
 	}
@@ -567,21 +576,7 @@ func testListenDrivesFollower(t *testing.T, p *testenv.PGProc) {
 // Key updates and workspace records reach B's cache through the same push:
 // a disabled key, then a disabled workspace, then its grants.
 func testListenDrivesFollowerUpdates(t *testing.T, p *testenv.PGProc) {
-	url := newDB(t, p)
-	a, b := open(t, url, Options{}), open(t, url, Options{})
-	cache, err := keycache.New(b, keycache.Options{Size: 100, TTL: time.Hour}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	f, err := keycache.NewFollower(b, cache, time.Hour, zap.NewNop()) // no polling: push only
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	l := listen(t, b, func() { _ = f.Poll(ctx) })
-	l.wait(t, 5*time.Second, "initial call")
+	a, cache, _ := pushedPair(t, p)
 
 	nk := storetest.NewKey(t, "acme", "ci")
 	k, err := a.Create(ctxT(t), nk)

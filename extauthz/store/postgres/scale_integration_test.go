@@ -373,45 +373,24 @@ func explain(t *testing.T, c *pgx.Conn, sql, types string, generic bool, args []
 func checkPlan(t *testing.T, what string, plan any, keysByPK bool) {
 	t.Helper()
 	var (
-		nodes []string
 		viaPK bool
 		bad   []string
 	)
-	var walk func(v any)
-	walk = func(v any) {
-		switch v := v.(type) {
-		case []any:
-			for _, e := range v {
-				walk(e)
-			}
-		case map[string]any:
-			if _, ok := v["JIT"]; ok {
-				bad = append(bad, "JIT")
-			}
-			if nt, ok := v["Node Type"].(string); ok {
-				rel, _ := v["Relation Name"].(string)
-				ix, _ := v["Index Name"].(string)
-				nodes = append(nodes, strings.TrimSpace(nt+" "+rel+" "+ix))
-				switch {
-				case rel == "keys" && !keysByPK:
-					bad = append(bad, nt+" on keys (the statement must not read keys)")
-				case rel == "keys" && nt == "Seq Scan":
-					bad = append(bad, "Seq Scan on keys")
-				}
-				if ix == "keys_pkey" {
-					viaPK = true
-				}
-			}
-			for _, e := range v {
-				walk(e)
-			}
+	for _, n := range walkPlan(plan) {
+		switch {
+		case n.jit:
+			bad = append(bad, "JIT")
+		case n.rel == "keys" && !keysByPK:
+			bad = append(bad, n.typ+" on keys (the statement must not read keys)")
+		case n.rel == "keys" && n.typ == "Seq Scan":
+			bad = append(bad, "Seq Scan on keys")
 		}
+		viaPK = viaPK || n.index == "keys_pkey"
 	}
-	walk(plan)
 	if keysByPK && !viaPK {
 		bad = append(bad, "keys not read through keys_pkey")
 	}
-	t.Logf("%s plan: %s", what, strings.Join(nodes, " > "))
+	t.Logf("%s plan: %s", what, strings.Join(planNodes(plan), " > "))
 	if len(bad) > 0 {
 		t.Errorf("%s plan: %s\n%v", what, strings.Join(bad, "; "), plan)
 	}
@@ -462,9 +441,15 @@ func legacy(t *testing.T, c *pgx.Conn, ids []string, at time.Time) {
 	t.Logf("legacy one-statement Touch of %d ids: %v (err %v)", len(ids), time.Since(start).Round(time.Millisecond), err)
 }
 
-// planNodes lists a JSON plan's nodes, depth first, as "type relation index", and "(JIT)" when it uses JIT.
-func planNodes(plan any) []string {
-	var nodes []string
+// planNode is one node of a JSON plan, or a mark that the plan uses JIT.
+type planNode struct {
+	typ, rel, index string
+	jit             bool
+}
+
+// walkPlan lists a JSON plan's nodes, depth first.
+func walkPlan(plan any) []planNode {
+	var nodes []planNode
 	var walk func(v any)
 	walk = func(v any) {
 		switch v := v.(type) {
@@ -474,12 +459,12 @@ func planNodes(plan any) []string {
 			}
 		case map[string]any:
 			if _, ok := v["JIT"]; ok {
-				nodes = append(nodes, "(JIT)")
+				nodes = append(nodes, planNode{jit: true})
 			}
 			if nt, ok := v["Node Type"].(string); ok {
 				rel, _ := v["Relation Name"].(string)
 				ix, _ := v["Index Name"].(string)
-				nodes = append(nodes, strings.Join(strings.Fields(nt+" "+rel+" "+ix), " "))
+				nodes = append(nodes, planNode{typ: nt, rel: rel, index: ix})
 			}
 			for _, e := range v {
 				walk(e)
@@ -488,4 +473,17 @@ func planNodes(plan any) []string {
 	}
 	walk(plan)
 	return nodes
+}
+
+// planNodes lists a JSON plan's nodes, depth first, as "type relation index", and "(JIT)" when it uses JIT.
+func planNodes(plan any) []string {
+	var out []string
+	for _, n := range walkPlan(plan) {
+		if n.jit {
+			out = append(out, "(JIT)")
+		} else {
+			out = append(out, strings.Join(strings.Fields(n.typ+" "+n.rel+" "+n.index), " "))
+		}
+	}
+	return out
 }
