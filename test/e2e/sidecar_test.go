@@ -59,18 +59,8 @@ func TestSidecar(t *testing.T) {
 		t.Parallel()
 		ws := workspace(t)
 		k := s.kz.CreateKey(t, ws, "valid")
-		r := s.get(t, "/v1/things?x=1", "X-API-KEY", k.Secret)
-		wantStatus(t, r, http.StatusOK)
-		if !r.fromUpstream("app") {
-			t.Errorf("200 did not come from the app: %s", r)
-		}
-		rem := wantRateHeaders(t, r, 240)
-		got := only(t, s.app)
-		wantIdentity(t, got, k)
-		if got.Path != "/v1/things?x=1" {
-			t.Errorf("app saw path %q, want /v1/things?x=1", got.Path)
-		}
-		r = s.get(t, "/v1/things", "X-API-KEY", k.Secret)
+		rem := wantReachesApp(t, s, k)
+		r := s.get(t, "/v1/things", "X-API-KEY", k.Secret)
 		wantStatus(t, r, http.StatusOK)
 		if rem2 := wantRateHeaders(t, r, 240); rem2 >= rem {
 			t.Errorf("x-ratelimit-remaining went %d → %d, want it to fall", rem, rem2)
@@ -266,4 +256,24 @@ func TestSidecarUnixSocket(t *testing.T) {
 	wantRateHeaders(t, r, 240)
 	wantIdentity(t, only(t, s.app), k)
 	wantInvalid(t, s.get(t, "/v1/things", "X-API-KEY", unknownKey(t)))
+}
+
+// wantReachesApp sends GET /v1/things?x=1 with k (and extra request headers)
+// through s and asserts the seed contract's allow: 200 from the app, the
+// rate-limit headers to the client, the app the only upstream to see it, with
+// k's identity and the path unchanged. It returns x-ratelimit-remaining.
+func wantReachesApp(t *testing.T, s *stack, k testenv.Key, extra ...string) int {
+	t.Helper()
+	r := s.get(t, "/v1/things?x=1", append([]string{"X-API-KEY", k.Secret}, extra...)...)
+	wantStatus(t, r, http.StatusOK)
+	if !r.fromUpstream("app") {
+		t.Errorf("200 did not come from the app: %s", r)
+	}
+	rem := wantRateHeaders(t, r, 240)
+	got := only(t, s.app)
+	wantIdentity(t, got, k)
+	if got.Path != "/v1/things?x=1" {
+		t.Errorf("app saw path %q, want /v1/things?x=1", got.Path)
+	}
+	return rem
 }

@@ -64,6 +64,22 @@ func TestSeedIsReadableByTheStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	wantSeeded(ctx, t, st, n, g, pepper)
+}
+
+func pad7(i uint64) string {
+	s := strconv.FormatUint(i, 10)
+	for len(s) < 7 {
+		s = "0" + s
+	}
+	return s
+}
+
+// wantSeeded checks through the store's own Lookup a seeded store of n keys
+// made by g under pepper: stored keys found, valid, with their id, workspace
+// and rate; an unknown key not found; and the store can still write.
+func wantSeeded(ctx context.Context, t *testing.T, st apikey.Store, n int, g keyGen, pepper []byte) {
+	t.Helper()
 	h, err := apikey.NewHasher(map[int][]byte{1: pepper}, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -80,8 +96,8 @@ func TestSeedIsReadableByTheStore(t *testing.T) {
 		if limited != (k.RateLimit.String() == LimitedRate) {
 			t.Fatalf("key %d: rate %q, limited %v", i, k.RateLimit.String(), limited)
 		}
-		if k.Workspace != "ws_"+pad7(i/10) {
-			t.Fatalf("key %d: workspace %q", i, k.Workspace)
+		if k.Workspace != "ws_"+pad7(i/10) || k.ID != keyID(i) {
+			t.Fatalf("key %d: id %q, workspace %q", i, k.ID, k.Workspace)
 		}
 	}
 	if _, err := st.Lookup(ctx, h.Sum(g.key(streamUnknown, 0))); !errors.Is(err, apikey.ErrNotFound) {
@@ -91,12 +107,4 @@ func TestSeedIsReadableByTheStore(t *testing.T) {
 	if _, err := st.Create(ctx, apikey.NewKey{Key: apikey.Key{Workspace: "ws_x", Name: "n"}, Digest: h.Sum("kz_extra")}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func pad7(i uint64) string {
-	s := strconv.FormatUint(i, 10)
-	for len(s) < 7 {
-		s = "0" + s
-	}
-	return s
 }

@@ -315,6 +315,31 @@ func ids(keys []apikey.Key) []string {
 	return out
 }
 
+// paged reads a listing (what) in pages of size through its cursor, the last
+// id of the previous page, and returns the ids in order; a page longer than
+// size, an error or more than 100 pages fail t.
+func paged(t *testing.T, what string, size int, page func(after string) ([]string, error)) []string {
+	t.Helper()
+	var out []string
+	after := ""
+	for range 100 {
+		p, err := page(after)
+		if err != nil {
+			t.Fatalf("%s(after %q): %v", what, after, err)
+		}
+		if len(p) > size {
+			t.Fatalf("%s(limit %d) returned %d", what, size, len(p))
+		}
+		if len(p) == 0 {
+			return out
+		}
+		out = append(out, p...)
+		after = p[len(p)-1]
+	}
+	t.Fatalf("%s: more than 100 pages", what)
+	return nil
+}
+
 func wantErr(t *testing.T, what string, err, want error) {
 	t.Helper()
 	if !errors.Is(err, want) {
@@ -376,24 +401,12 @@ func (h harness) testList(t *testing.T) {
 		t.Fatalf("List ids = %v, want %v (live keys of acme, by id)", got, want)
 	}
 	// Pages of 2 through the cursor give the same sequence.
-	var paged []string
-	after := ""
-	for range 10 {
+	pages := paged(t, "List", 2, func(after string) ([]string, error) {
 		page, err := s.List(ctx(t), "acme", after, 2)
-		if err != nil {
-			t.Fatalf("List(after %q): %v", after, err)
-		}
-		if len(page) > 2 {
-			t.Fatalf("List(limit 2) returned %d keys", len(page))
-		}
-		if len(page) == 0 {
-			break
-		}
-		paged = append(paged, ids(page)...)
-		after = page[len(page)-1].ID
-	}
-	if !slices.Equal(paged, want) {
-		t.Errorf("paged List ids = %v, want %v", paged, want)
+		return ids(page), err
+	})
+	if !slices.Equal(pages, want) {
+		t.Errorf("paged List ids = %v, want %v", pages, want)
 	}
 	// The cursor need not be an existing id.
 	mid, err := s.List(ctx(t), "acme", want[1]+"!", 100)

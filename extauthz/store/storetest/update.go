@@ -496,24 +496,12 @@ func testListWorkspaces(t *testing.T, s apikey.Store) {
 			t.Errorf("listed record %+v: want MaxKeys %d and its times", w, len(w.ID))
 		}
 	}
-	var paged []string
-	after := ""
-	for range 10 {
+	pages := paged(t, "ListWorkspaces", 2, func(after string) ([]string, error) {
 		page, err := s.ListWorkspaces(ctx(t), after, 2)
-		if err != nil {
-			t.Fatalf("ListWorkspaces(after %q): %v", after, err)
-		}
-		if len(page) > 2 {
-			t.Fatalf("ListWorkspaces(limit 2) returned %d", len(page))
-		}
-		if len(page) == 0 {
-			break
-		}
-		paged = append(paged, wsIDs(page)...)
-		after = page[len(page)-1].ID
-	}
-	if !slices.Equal(paged, want) {
-		t.Errorf("paged ListWorkspaces = %v, want %v", paged, want)
+		return wsIDs(page), err
+	})
+	if !slices.Equal(pages, want) {
+		t.Errorf("paged ListWorkspaces = %v, want %v", pages, want)
 	}
 	mid, err := s.ListWorkspaces(ctx(t), "c", 100) // a cursor that is not an id
 	if err != nil || !slices.Equal(wsIDs(mid), want[2:]) {
@@ -789,23 +777,10 @@ func unusedSeeds(t *testing.T, since time.Time) (seeds []Seed, want []string) {
 // pagedUnused lists ListUnused(ws, since) in pages of size, checking each page's bound.
 func pagedUnused(t *testing.T, s apikey.Store, ws string, since time.Time, size int) []string {
 	t.Helper()
-	var out []string
-	after := ""
-	for range 100 {
+	return paged(t, "ListUnused", size, func(after string) ([]string, error) {
 		page, err := s.ListUnused(ctx(t), ws, since, after, size)
-		if err != nil {
-			t.Fatalf("ListUnused(after %q): %v", after, err)
-		}
-		if len(page) > size {
-			t.Fatalf("ListUnused(limit %d) returned %d keys", size, len(page))
-		}
-		if len(page) == 0 {
-			break
-		}
-		out = append(out, ids(page)...)
-		after = page[len(page)-1].ID
-	}
-	return out
+		return ids(page), err
+	})
 }
 
 func (h harness) testListUnused(t *testing.T) {
